@@ -1,0 +1,138 @@
+"""The one contract between the engine and the models.
+
+A *model* maps batched positions, cells and atomic numbers to energies, forces
+and stresses. The integrators only ever see a :class:`Model`; they never know
+which framework (JAX, PyTorch through a bridge, ...) computed the numbers.
+
+Shapes and units (ASE's everywhere):
+
+* ``positions``: ``[R, N, 3]`` in Angstrom, ``R`` replicas of the same ``N`` atoms;
+* ``cell``: ``[R, 3, 3]`` in Angstrom, rows are the lattice vectors (ASE convention);
+* ``numbers``: ``[N]`` integer atomic numbers (shared by all replicas);
+* ``neighbors``: a :class:`jaxpto.neighbors.NeighborList` built by the engine
+  (on the device, reused with a skin) for ``model.cutoff``;
+* output ``energy`` ``[R]`` in eV, ``forces`` ``[R, N, 3]`` in eV/A and
+  ``stress`` ``[R, 3, 3]`` in eV/A^3 with ASE's sign (positive in tension;
+  ``stress = (1/V) dE/d(strain)``), potential part only (no kinetic term).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class ModelOutput:
+    """Energies [R] (eV), forces [R,N,3] (eV/A), stresses [R,3,3] (eV/A^3, ASE sign)."""
+
+    energy: jax.Array
+    forces: jax.Array
+    stress: jax.Array
+
+
+ComputeFn = Callable[[jax.Array, jax.Array, jax.Array, Any], ModelOutput]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A force field as the engine sees it.
+
+    Attributes
+    ----------
+    compute:
+        ``compute(positions [R,N,3], cell [R,3,3], numbers [N], neighbors) -> ModelOutput``.
+        Must be traceable by JAX (pure JAX, or a bridge that calls out through
+        ``buffer_callback``/``pure_callback``).
+    cutoff:
+        Interaction range in Angstrom; the engine builds neighbour lists for it.
+    elements:
+        Atomic numbers the model covers, or ``None`` if it covers every element.
+    name:
+        Human-readable name, used in logs and results.
+    """
+
+    compute: ComputeFn
+    cutoff: float
+    elements: frozenset[int] | None = None
+    name: str = "model"
+
+    def __call__(self, positions, cell, numbers, neighbors) -> ModelOutput:
+        return self.compute(positions, cell, numbers, neighbors)
+
+    def check_elements(self, numbers: Iterable[int]) -> None:
+        """Raise a ``ValueError`` naming the atomic numbers this model does not cover."""
+        if self.elements is None:
+            return
+        from ase.data import chemical_symbols
+
+        missing = sorted({int(z) for z in numbers} - set(self.elements))
+        if missing:
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+            covered = ", ".join(chemical_symbols[z] for z in sorted(self.elements))
+            raise ValueError(
+                f"model {self.name!r} does not cover {names}; it covers: {covered}. "
+                "Use a model trained on these elements."
+            )
+
+
+def strain_derivative_stress(energy_fn: Callable[..., jax.Array]):
+    """Build ``compute`` for one replica from a scalar energy function by autodiff.
+
+    ``energy_fn(positions [N,3], cell [3,3], numbers [N], neighbors) -> E`` (eV).
+
+    Forces are ``F = -dE/dr``. The stress is the strain derivative
+
+    .. math:: \\sigma_{ab} = \\frac{1}{V} \\frac{\\partial E}{\\partial \\varepsilon_{ab}}
+              \\Big|_{\\varepsilon = 0}
+
+    where positions and cell rows are both deformed, ``r -> r (1 + eps)``,
+    ``h -> h (1 + eps)``; the symmetric part is returned (ASE sign: positive in tension).
+    """
+
+    def strained_energy(positions, strain, cell, numbers, neighbors):
+        deformation = jnp.eye(3, dtype=positions.dtype) + strain
+        return energy_fn(positions @ deformation, cell @ deformation, numbers, neighbors)
+
+    grad_fn = jax.value_and_grad(strained_energy, argnums=(0, 1))
+
+    def single(positions, cell, numbers, neighbors):
+        zero = jnp.zeros((3, 3), positions.dtype)
+        energy, (dE_dr, dE_deps) = grad_fn(positions, zero, cell, numbers, neighbors)
+        volume = jnp.abs(jnp.linalg.det(cell))
+        stress = 0.5 * (dE_deps + dE_deps.T) / volume
+        return energy, -dE_dr, stress
+
+    return single
+
+
+def energy_model(
+    energy_fn: Callable[..., jax.Array],
+    cutoff: float,
+    elements: Iterable[int] | None = None,
+    name: str = "jax-model",
+) -> Model:
+    """Wrap a per-replica JAX energy function into a batched :class:`Model`.
+
+    ``energy_fn(positions [N,3], cell [3,3], numbers [N], neighbors_for_one_replica)``
+    returns the potential energy in eV; forces and stress come from autodiff
+    (:func:`strain_derivative_stress`) and the function is vmapped over replicas.
+    """
+    single = strain_derivative_stress(energy_fn)
+
+    def compute(positions, cell, numbers, neighbors):
+        energy, forces, stress = jax.vmap(single, in_axes=(0, 0, None, 0))(
+            positions, cell, numbers, neighbors
+        )
+        return ModelOutput(energy=energy, forces=forces, stress=stress)
+
+    return Model(
+        compute=compute,
+        cutoff=float(cutoff),
+        elements=None if elements is None else frozenset(int(z) for z in elements),
+        name=name,
+    )

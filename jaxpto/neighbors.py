@@ -1,0 +1,394 @@
+"""Neighbour lists built on the device and reused with a skin.
+
+Format (per replica, batched over ``R`` replicas): for each atom ``i`` up to
+``capacity`` neighbours ``j = idx[r, i, k]`` with integer image offsets
+``S = shifts[r, i, k]`` such that the pair vector is
+
+.. math:: \\mathbf d_{ij} = \\mathbf r_j + S\\,h - \\mathbf r_i
+
+(``h`` rows are lattice vectors), exactly ASE's ``neighbor_list('ijS')``
+convention; it is a *full* list (both ``i->j`` and ``j->i``). Empty slots hold
+``j = N`` (one past the last atom). All pairs with ``|d| < cutoff + skin`` at
+build time are stored; models apply their own cutoff.
+
+Positions need not be wrapped into the cell: the offsets account for it, so
+the list stays valid while atoms drift (ASE's integrators never wrap either).
+
+Reuse criterion (valid for a changing cell, e.g. NPT). With the deformation
+``F = h_0^{-1} h`` since the last build and ``u = max_i |r_i - r_{0,i} F|``,
+every pair missing from the list had ``|d_0| >= r_c + s`` and now has
+``|d| >= sigma_min(F) (r_c + s) - 2u``; the list is rebuilt when that bound
+drops to ``r_c`` or below (for a fixed cell: when an atom moved ``s/2``).
+
+Overflow: a build that finds more neighbours for some atom than ``capacity``
+or needs more periodic images than allocated sets ``did_overflow`` (sticky).
+The driver checks it after every compiled chunk and re-runs the chunk with a
+list re-allocated by :func:`reallocate`; pairs are never silently dropped.
+
+Two build paths, chosen when the list is allocated: all pairs over periodic
+images (any cell, including cells smaller than twice the cutoff) and a cell
+list for large periodic systems.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+
+@struct.dataclass
+class NeighborList:
+    idx: jax.Array  # [R, N, K] int32, padding = N
+    shifts: jax.Array  # [R, N, K, 3] integer image offsets (stored in the float dtype)
+    reference_positions: jax.Array  # [R, N, 3] positions at the last build
+    reference_cell: jax.Array  # [R, 3, 3] cell at the last build
+    did_overflow: jax.Array  # [R] bool, sticky
+    max_count: jax.Array  # [R] int32, largest neighbour count seen by a build
+    n_builds: jax.Array  # [R] int32, number of builds since allocation
+    layout_bad: jax.Array  # [R] bool, sticky: images/bins no longer cover cutoff+skin
+    cutoff: float = struct.field(pytree_node=False)
+    skin: float = struct.field(pytree_node=False)
+    capacity: int = struct.field(pytree_node=False)
+    images: tuple = struct.field(pytree_node=False)  # max |S_d| enumerated per direction
+    pbc: tuple = struct.field(pytree_node=False)
+    grid: tuple | None = struct.field(pytree_node=False, default=None)  # cell-list bins per direction
+    bin_capacity: int = struct.field(pytree_node=False, default=0)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.idx.shape[1]
+
+    def mask(self) -> jax.Array:
+        """``[R, N, K]`` True where a slot holds a real neighbour."""
+        return self.idx < self.n_atoms
+
+
+# ----------------------------------------------------------------------------
+# Geometry helpers
+# ----------------------------------------------------------------------------
+
+
+def _inverse_cell(cell, pbc):
+    """Inverse of the cell; non-periodic directions with zero vectors get a unit stand-in."""
+    if all(pbc):
+        return jnp.linalg.inv(cell)
+    eye = jnp.eye(3, dtype=cell.dtype)
+    norms = jnp.linalg.norm(cell, axis=-1)
+    fixed = jnp.where((norms[:, None] > 0) | jnp.asarray(pbc)[:, None], cell, eye)
+    return jnp.linalg.inv(fixed)
+
+
+def _wrap_offsets(positions, cell, pbc):
+    """Integer offsets ``w`` (float dtype) such that ``r - w h`` lies in the cell along periodic axes."""
+    frac = positions @ _inverse_cell(cell, pbc)
+    w = jnp.floor(frac)
+    return jnp.where(jnp.asarray(pbc), w, 0.0)
+
+
+def required_images(cell: np.ndarray, pbc, rmax: float) -> tuple[int, int, int]:
+    """Largest ``|S_d|`` needed so that every image within ``rmax`` is enumerated (numpy, host)."""
+    if not any(pbc):
+        return (0, 0, 0)
+    cell = np.asarray(cell, dtype=float).reshape(-1, 3, 3)
+    # 1/|b_d| is the height of the cell along direction d; n_d = ceil(rmax |b_d|) images suffice.
+    recip_norms = np.linalg.norm(np.swapaxes(np.linalg.inv(cell), -1, -2), axis=-1).max(axis=0)
+    return tuple(int(max(math.ceil(rmax * recip_norms[d] - 1e-12), 0)) if pbc[d] else 0 for d in range(3))
+
+
+def _image_vectors(images, dtype):
+    ranges = [range(-n, n + 1) for n in images]
+    return jnp.asarray(list(itertools.product(*ranges)), dtype=dtype)  # [M, 3]
+
+
+def _needed_images_traced(cell, pbc, rmax):
+    recip_norms = jnp.linalg.norm(_inverse_cell(cell, pbc).T, axis=-1)
+    needed = jnp.ceil(rmax * recip_norms - 1e-12)
+    return jnp.where(jnp.asarray(pbc), needed, 0.0)
+
+
+def _compact_row(mask_row, values, capacity, fill):
+    """Keep the ``True`` entries of ``mask_row`` in order, in ``capacity`` slots (rest = fill)."""
+    slot = jnp.cumsum(mask_row) - 1
+    slot = jnp.where(mask_row & (slot < capacity), slot, capacity)
+    out = []
+    for v, f in zip(values, fill):
+        shape = (capacity + 1,) + v.shape[1:]
+        buf = jnp.full(shape, f, dtype=v.dtype).at[slot].set(v, mode="drop")
+        out.append(buf[:capacity])
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Build: all pairs over periodic images (any cell)
+# ----------------------------------------------------------------------------
+
+
+def _build_all_pairs(positions, cell, *, rmax, capacity, images, pbc, block):
+    """One replica. Returns idx [N,K], shifts [N,K,3], counts [N]."""
+    n = positions.shape[0]
+    dtype = positions.dtype
+    w = _wrap_offsets(positions, cell, pbc)
+    wrapped = positions - w @ cell
+    svec = _image_vectors(images, dtype)  # [M, 3]
+    m = svec.shape[0]
+    image_disp = svec @ cell  # [M, 3]
+    targets = (wrapped[None, :, :] + image_disp[:, None, :]).reshape(m * n, 3)  # (s, j) flattened
+    j_of = jnp.tile(jnp.arange(n, dtype=jnp.int32), m)
+    s_of = jnp.repeat(jnp.arange(m, dtype=jnp.int32), n)
+    zero_image = jnp.all(svec == 0, axis=-1)[s_of]
+    rmax2 = rmax * rmax
+
+    def one_atom(i):
+        d = targets - wrapped[i]
+        r2 = jnp.sum(d * d, axis=-1)
+        mask = (r2 < rmax2) & ~((j_of == i) & zero_image)
+        shift = svec[s_of] - w[j_of] + w[i]
+        idx, sh = _compact_row(mask, (j_of, shift), capacity, (n, 0.0))
+        return idx, sh, jnp.sum(mask).astype(jnp.int32)
+
+    atoms = jnp.arange(n, dtype=jnp.int32)
+    pad = (-n) % block
+    atoms = jnp.concatenate([atoms, jnp.zeros(pad, jnp.int32)]).reshape(-1, block)
+    idx, sh, counts = jax.lax.map(jax.vmap(one_atom), atoms)
+    idx = idx.reshape(-1, capacity)[:n]
+    sh = sh.reshape(-1, capacity, 3)[:n]
+    counts = counts.reshape(-1)[:n]
+    return idx, sh, counts, jnp.asarray(False)
+
+
+# ----------------------------------------------------------------------------
+# Build: cell list (periodic, every direction at least 3 bins)
+# ----------------------------------------------------------------------------
+
+
+def _build_cell_list(positions, cell, *, rmax, capacity, grid, bin_capacity, block):
+    """One replica; bins of height >= rmax so that the 27 surrounding bins hold every neighbour."""
+    n = positions.shape[0]
+    dtype = positions.dtype
+    pbc = (True, True, True)
+    inv = jnp.linalg.inv(cell)
+    frac = positions @ inv
+    w = jnp.floor(frac)
+    frac = frac - w
+    wrapped = positions - w @ cell
+    grid_arr = jnp.asarray(grid, dtype=jnp.int32)
+    b = jnp.clip(jnp.floor(frac * grid_arr).astype(jnp.int32), 0, grid_arr - 1)  # [N,3]
+    flat = (b[:, 0] * grid[1] + b[:, 1]) * grid[2] + b[:, 2]
+    n_bins = grid[0] * grid[1] * grid[2]
+    order = jnp.argsort(flat, stable=True)
+    sorted_bins = flat[order]
+    start = jnp.searchsorted(sorted_bins, jnp.arange(n_bins), side="left")
+    rank = jnp.arange(n) - start[sorted_bins]
+    bin_count = jnp.bincount(flat, length=n_bins)
+    bin_overflow = jnp.max(bin_count) > bin_capacity
+    table = jnp.full((n_bins, bin_capacity + 1), n, jnp.int32)
+    table = table.at[sorted_bins, jnp.minimum(rank, bin_capacity)].set(order.astype(jnp.int32))
+    table = table[:, :bin_capacity]
+    offsets = jnp.asarray(list(itertools.product((-1, 0, 1), repeat=3)), jnp.int32)  # [27,3]
+    rmax2 = rmax * rmax
+    wpad = jnp.concatenate([w, jnp.zeros((1, 3), w.dtype)])
+    wrapped_pad = jnp.concatenate([wrapped, jnp.zeros((1, 3), dtype)])
+
+    def one_atom(i):
+        nb = b[i][None, :] + offsets  # [27,3] bin coordinates, possibly outside the grid
+        image = jnp.floor_divide(nb, grid_arr)  # which periodic image of the grid
+        nb = nb - image * grid_arr
+        nflat = (nb[:, 0] * grid[1] + nb[:, 1]) * grid[2] + nb[:, 2]
+        cand = table[nflat].reshape(-1)  # [27*bc]
+        img = jnp.repeat(image.astype(dtype), bin_capacity, axis=0)  # [27*bc, 3]
+        d = wrapped_pad[cand] + img @ cell - wrapped[i]
+        r2 = jnp.sum(d * d, axis=-1)
+        valid = cand < n
+        same = (cand == i) & jnp.all(img == 0, axis=-1)
+        mask = valid & (r2 < rmax2) & ~same
+        shift = img - wpad[cand] + w[i]
+        idx, sh = _compact_row(mask, (cand, shift), capacity, (n, 0.0))
+        return idx, sh, jnp.sum(mask).astype(jnp.int32)
+
+    atoms = jnp.arange(n, dtype=jnp.int32)
+    pad = (-n) % block
+    atoms = jnp.concatenate([atoms, jnp.zeros(pad, jnp.int32)]).reshape(-1, block)
+    idx, sh, counts = jax.lax.map(jax.vmap(one_atom), atoms)
+    idx = idx.reshape(-1, capacity)[:n]
+    sh = sh.reshape(-1, capacity, 3)[:n]
+    counts = counts.reshape(-1)[:n]
+    # Bins must stay at least rmax high along every direction for the 27-bin stencil.
+    heights = 1.0 / jnp.linalg.norm(inv.T, axis=-1)
+    grid_too_fine = jnp.any(heights / grid_arr.astype(dtype) < rmax)
+    return idx, sh, counts, bin_overflow | grid_too_fine
+
+
+# ----------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------
+
+
+def _block_size(n_atoms: int, n_candidates: int) -> int:
+    # Bound the temporary [block, candidates] arrays to ~4M elements.
+    return int(max(1, min(n_atoms, 4_000_000 // max(n_candidates, 1))))
+
+
+def _build_one(nbrs: NeighborList, positions, cell):
+    rmax = nbrs.cutoff + nbrs.skin
+    n = positions.shape[0]
+    if nbrs.grid is not None:
+        cands = 27 * nbrs.bin_capacity
+        idx, sh, counts, layout_bad = _build_cell_list(
+            positions, cell, rmax=rmax, capacity=nbrs.capacity, grid=nbrs.grid,
+            bin_capacity=nbrs.bin_capacity, block=_block_size(n, cands))
+    else:
+        m = int(np.prod([2 * k + 1 for k in nbrs.images]))
+        idx, sh, counts, _ = _build_all_pairs(
+            positions, cell, rmax=rmax, capacity=nbrs.capacity, images=nbrs.images,
+            pbc=nbrs.pbc, block=_block_size(n, m * n))
+        needed = _needed_images_traced(cell, nbrs.pbc, rmax)
+        layout_bad = jnp.any(needed > jnp.asarray(nbrs.images, needed.dtype))
+    max_count = jnp.max(counts)
+    overflow = (max_count > nbrs.capacity) | layout_bad
+    return idx, sh, max_count, overflow, layout_bad
+
+
+def build(nbrs: NeighborList, positions, cell) -> NeighborList:
+    """Rebuild the list for every replica now (jit-able). Shapes stay fixed."""
+    idx, sh, max_count, overflow, layout_bad = jax.vmap(lambda p, c: _build_one(nbrs, p, c))(positions, cell)
+    return nbrs.replace(
+        layout_bad=nbrs.layout_bad | layout_bad,
+        idx=idx,
+        shifts=sh.astype(positions.dtype),
+        reference_positions=positions,
+        reference_cell=cell,
+        did_overflow=nbrs.did_overflow | overflow,
+        max_count=jnp.maximum(nbrs.max_count, max_count),
+        n_builds=nbrs.n_builds + 1,
+    )
+
+
+def needs_rebuild(nbrs: NeighborList, positions, cell) -> jax.Array:
+    """``[R]`` bool: True where some pair within the cutoff may be missing (see module doc)."""
+    deformation = jnp.linalg.solve(nbrs.reference_cell, cell) if all(nbrs.pbc) else None
+    if deformation is None:
+        # Non-periodic directions: cell changes do not move atoms; use plain displacements.
+        disp = positions - nbrs.reference_positions
+        umax = jnp.sqrt(jnp.max(jnp.sum(disp**2, axis=-1), axis=-1))
+        return 2.0 * umax >= nbrs.skin
+    affine = jnp.einsum("rni,rij->rnj", nbrs.reference_positions, deformation)
+    disp = positions - affine
+    umax = jnp.sqrt(jnp.max(jnp.sum(disp**2, axis=-1), axis=-1))
+    sigma_min = jnp.linalg.svd(deformation, compute_uv=False)[:, -1]
+    return sigma_min * (nbrs.cutoff + nbrs.skin) - 2.0 * umax <= nbrs.cutoff
+
+
+def update(nbrs: NeighborList, positions, cell) -> NeighborList:
+    """Rebuild (all replicas at once) only if some replica needs it; jit-able."""
+    need = jnp.any(needs_rebuild(nbrs, positions, cell))
+    return jax.lax.cond(need, lambda: build(nbrs, positions, cell), lambda: nbrs)
+
+
+def _choose_layout(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float):
+    """Static layout: image range for the all-pairs path, or a cell-list grid for big periodic cells."""
+    n = positions.shape[1]
+    images = required_images(cell, pbc, rmax)
+    m = int(np.prod([2 * k + 1 for k in images]))
+    grid = None
+    bin_capacity = 0
+    if all(pbc) and n * m > 4096:
+        inv = np.linalg.inv(cell)  # [R,3,3]
+        heights = 1.0 / np.linalg.norm(np.swapaxes(inv, -1, -2), axis=-1)  # [R,3]
+        g = np.floor(heights.min(axis=0) / rmax).astype(int)
+        if np.all(g >= 3) and np.prod(g) * 1 >= 27:
+            # Leave head-room for the cell to shrink before the grid becomes too fine.
+            g = np.maximum(np.floor(heights.min(axis=0) / (rmax * 1.02)).astype(int), 3)
+            grid = tuple(int(x) for x in g)
+            vol_bins = np.prod(g)
+            density = n / np.abs(np.linalg.det(cell)).min()
+            per_bin = density * np.abs(np.linalg.det(cell)).max() / vol_bins
+            bin_capacity = int(max(8, math.ceil(per_bin * 2.0 + 6)))
+    return images, grid, bin_capacity
+
+
+def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, True, True),
+             capacity_factor: float = 1.3, capacity: int | None = None,
+             bin_capacity: int | None = None) -> NeighborList:
+    """Allocate and build a neighbour list on the host side (shapes chosen from the data).
+
+    ``positions`` [R,N,3], ``cell`` [R,3,3] (Angstrom). ``skin`` (Angstrom) is
+    added to ``cutoff`` at build time; a larger skin means fewer rebuilds but
+    more pairs. ``capacity`` (neighbours per atom) defaults to the largest count
+    found times ``capacity_factor``.
+    """
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff}")
+    if skin < 0:
+        raise ValueError(f"skin must be >= 0, got {skin}")
+    positions = jnp.asarray(positions)
+    cell = jnp.asarray(cell)
+    if positions.ndim == 2:
+        positions, cell = positions[None], cell[None]
+    pbc = tuple(bool(x) for x in np.broadcast_to(pbc, 3))
+    pos_np, cell_np = np.asarray(positions, float), np.asarray(cell, float)
+    if any(pbc):
+        dets = np.abs(np.linalg.det(cell_np))
+        if np.any(dets < 1e-12) and all(pbc):
+            raise ValueError("the cell is singular (zero volume) but the system is periodic; "
+                             "give a cell with three independent lattice vectors")
+    rmax = float(cutoff) + float(skin)
+    images, grid, bc = _choose_layout(pos_np, cell_np, pbc, rmax)
+    if bin_capacity is not None and grid is not None:
+        bc = int(bin_capacity)
+    R, n = positions.shape[0], positions.shape[1]
+    cap = int(capacity) if capacity is not None else 16
+    for _ in range(40):
+        nbrs = NeighborList(
+            idx=jnp.zeros((R, n, cap), jnp.int32),
+            shifts=jnp.zeros((R, n, cap, 3), positions.dtype),
+            reference_positions=positions,
+            reference_cell=cell,
+            did_overflow=jnp.zeros((R,), bool),
+            max_count=jnp.zeros((R,), jnp.int32),
+            n_builds=jnp.zeros((R,), jnp.int32),
+            layout_bad=jnp.zeros((R,), bool),
+            cutoff=float(cutoff), skin=float(skin), capacity=cap, images=images,
+            pbc=pbc, grid=grid, bin_capacity=bc,
+        )
+        nbrs = _jit_build(nbrs, positions, cell)
+        if bool(jnp.any(nbrs.layout_bad)):
+            bc *= 2  # only the cell list can be short right after allocation: its bins overflowed
+            continue
+        count = int(jnp.max(nbrs.max_count))
+        wanted = max(int(math.ceil(count * capacity_factor)), 1)
+        if count <= cap and (capacity is not None or cap >= wanted):
+            return nbrs
+        cap = wanted
+    raise RuntimeError("could not size the neighbour list (more than 40 attempts); this is a bug")
+
+
+_jit_build = jax.jit(build)
+
+
+def reallocate(nbrs: NeighborList, positions, cell, capacity_factor: float = 1.3) -> NeighborList:
+    """A larger list for the given configuration (host side, after an overflow)."""
+    return allocate(positions, cell, nbrs.cutoff, skin=nbrs.skin, pbc=nbrs.pbc,
+                    capacity_factor=capacity_factor)
+
+
+def as_pairs(nbrs: NeighborList):
+    """Flat edge view for graph models: ``i, j`` [R, N*K], ``shifts`` [R, N*K, 3], ``mask`` [R, N*K]."""
+    R, n, k = nbrs.idx.shape
+    i = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :, None], (R, n, k)).reshape(R, n * k)
+    j = nbrs.idx.reshape(R, n * k)
+    return i, j, nbrs.shifts.reshape(R, n * k, 3), j < n
+
+
+def pair_vectors(nbrs_one, positions, cell):
+    """For one replica (inside vmap): ``d_ij`` [N,K,3] and mask [N,K] (padding gives zeros)."""
+    n = positions.shape[0]
+    pos_pad = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
+    mask = nbrs_one.idx < n
+    d = pos_pad[nbrs_one.idx] + nbrs_one.shifts @ cell - positions[:, None, :]
+    d = jnp.where(mask[..., None], d, 0.0)
+    return d, mask

@@ -1,0 +1,195 @@
+"""The MD state pytree shared by every integrator.
+
+One :class:`MDState` holds ``R`` replicas of the same ``N`` atoms. Units are
+ASE's: positions and cell in Angstrom (cell rows are lattice vectors), momenta
+in amu * Angstrom / (ASE time unit), masses in amu, energy in eV, forces in
+eV/A, stress in eV/A^3 (ASE sign, potential part only).
+
+``energy``, ``forces`` and ``stress`` always belong to the current
+``positions``/``cell``: every integrator evaluates the model once per step,
+at the end of the step, and reuses that result at the start of the next one
+(exactly what ASE's calculator cache does).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import units
+from flax import struct
+
+from jaxpto.model import Model, ModelOutput
+from jaxpto import neighbors as nl
+
+
+@struct.dataclass
+class MDState:
+    positions: jax.Array  # [R, N, 3]  Angstrom
+    momenta: jax.Array  # [R, N, 3]  amu A / ASE time
+    cell: jax.Array  # [R, 3, 3]  Angstrom, rows = lattice vectors
+    masses: jax.Array  # [N]  amu
+    numbers: jax.Array  # [N]  atomic numbers
+    energy: jax.Array  # [R]  eV, at the current positions/cell
+    forces: jax.Array  # [R, N, 3]  eV/A
+    stress: jax.Array  # [R, 3, 3]  eV/A^3, potential (virial) part, ASE sign
+    neighbors: Any  # NeighborList for the model's cutoff, or None
+    key: jax.Array  # [R, 2] uint32 PRNG keys, one stream per replica
+    step: jax.Array  # [] int32, steps taken
+    integrator: Any = None  # integrator-specific variables and per-replica parameters
+
+    @property
+    def n_replicas(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def n_atoms(self) -> int:
+        return self.positions.shape[1]
+
+    @property
+    def velocities(self) -> jax.Array:
+        return self.momenta / self.masses[None, :, None]
+
+
+# --------------------------------------------------------------------------
+# Observables that every integrator needs (all batched over replicas).
+# --------------------------------------------------------------------------
+
+
+def kinetic_energy(momenta: jax.Array, masses: jax.Array) -> jax.Array:
+    """``K = sum_i p_i^2 / (2 m_i)`` per replica, eV. ``momenta`` [R,N,3], ``masses`` [N]."""
+    return 0.5 * jnp.sum(momenta**2 / masses[None, :, None], axis=(1, 2))
+
+
+def temperature_K(momenta: jax.Array, masses: jax.Array, n_dof: int | None = None) -> jax.Array:
+    """Instantaneous temperature ``2K / (n_dof k_B)`` in K, ``n_dof = 3N`` by default (ASE)."""
+    if n_dof is None:
+        n_dof = 3 * momenta.shape[1]
+    return 2.0 * kinetic_energy(momenta, masses) / (n_dof * units.kB)
+
+
+def volume(cell: jax.Array) -> jax.Array:
+    """Cell volume ``|det h|`` per replica, A^3."""
+    return jnp.abs(jnp.linalg.det(cell))
+
+
+def kinetic_stress(momenta: jax.Array, masses: jax.Array, cell: jax.Array) -> jax.Array:
+    """Ideal-gas part of the stress, ``-sum_i p_i (x) p_i / m_i / V`` (ASE sign), [R,3,3]."""
+    pp = jnp.einsum("rni,rnj->rij", momenta / masses[None, :, None], momenta)
+    return -pp / volume(cell)[:, None, None]
+
+
+def total_stress(state: MDState) -> jax.Array:
+    """``atoms.get_stress(include_ideal_gas=True)`` as a 3x3 per replica."""
+    return state.stress + kinetic_stress(state.momenta, state.masses, state.cell)
+
+
+# --------------------------------------------------------------------------
+# Force evaluation: neighbour-list update + model call, used by all steps.
+# --------------------------------------------------------------------------
+
+ForceFn = Callable[[jax.Array, jax.Array, Any], tuple[ModelOutput, Any]]
+
+
+def make_force_fn(model: Model, numbers) -> ForceFn:
+    """Return ``force_fn(positions, cell, neighbors) -> (ModelOutput, neighbors)``.
+
+    The neighbour list (if any) is refreshed on the device when atoms moved more
+    than half the skin; overflow is recorded in the list, never silently dropped.
+    """
+    numbers = jnp.asarray(numbers)
+
+    def force_fn(positions, cell, neighbors):
+        if neighbors is not None:
+            neighbors = nl.update(neighbors, positions, cell)
+        out = model(positions, cell, numbers, neighbors)
+        return out, neighbors
+
+    return force_fn
+
+
+def evaluate(state: MDState, force_fn: ForceFn, positions=None, cell=None) -> MDState:
+    """Move the state to ``positions``/``cell`` and refresh energy, forces, stress."""
+    positions = state.positions if positions is None else positions
+    cell = state.cell if cell is None else cell
+    out, neighbors = force_fn(positions, cell, state.neighbors)
+    return state.replace(
+        positions=positions,
+        cell=cell,
+        energy=out.energy,
+        forces=out.forces,
+        stress=out.stress,
+        neighbors=neighbors,
+    )
+
+
+def per_replica(value, n_replicas: int, name: str, dtype) -> jax.Array:
+    """Broadcast a scalar or length-R sequence to a ``[R]`` array, with a clear error."""
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 0:
+        arr = np.full(n_replicas, float(arr))
+    if arr.shape != (n_replicas,):
+        raise ValueError(
+            f"{name} has shape {arr.shape}, but there are {n_replicas} replicas: "
+            f"give one value, or exactly {n_replicas} values (one per replica)."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite values: {arr}")
+    return jnp.asarray(arr, dtype=dtype)
+
+
+def create_state(
+    positions,
+    cell,
+    numbers,
+    masses,
+    model: Model,
+    momenta=None,
+    *,
+    seed: int = 0,
+    skin: float = 1.0,
+    dtype=None,
+    neighbor_capacity_factor: float = 1.3,
+) -> tuple[MDState, ForceFn]:
+    """Build the initial :class:`MDState` (with energy/forces/stress) and its force function.
+
+    ``positions`` [R,N,3] or [N,3]; ``cell`` [R,3,3] or [3,3]; ``numbers``, ``masses`` [N];
+    ``momenta`` like ``positions`` (zeros if None). ``dtype`` defaults to float64
+    when ``jax_enable_x64`` is on, else float32. Validates input before anything runs.
+    """
+    from jaxpto.validation import check_system
+
+    dtype = default_dtype() if dtype is None else jnp.dtype(dtype)
+    positions, cell, numbers, masses, momenta = check_system(positions, cell, numbers, masses, momenta)
+    model.check_elements(numbers)
+    R = positions.shape[0]
+    pos = jnp.asarray(positions, dtype)
+    cel = jnp.asarray(cell, dtype)
+    neighbors = None
+    if model.cutoff is not None and model.cutoff > 0:
+        neighbors = nl.allocate(pos, cel, model.cutoff, skin=skin, capacity_factor=neighbor_capacity_factor)
+    keys = jax.random.split(jax.random.PRNGKey(seed), R)
+    keys = jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
+    state = MDState(
+        positions=pos,
+        momenta=jnp.asarray(momenta, dtype),
+        cell=cel,
+        masses=jnp.asarray(masses, dtype),
+        numbers=jnp.asarray(numbers, jnp.int32),
+        energy=jnp.zeros((R,), dtype),
+        forces=jnp.zeros_like(pos),
+        stress=jnp.zeros((R, 3, 3), dtype),
+        neighbors=neighbors,
+        key=keys,
+        step=jnp.zeros((), jnp.int32),
+    )
+    force_fn = make_force_fn(model, numbers)
+    state = jax.jit(evaluate, static_argnums=1)(state, force_fn)
+    return state, force_fn
+
+
+def default_dtype():
+    """float64 when JAX's x64 mode is on, float32 otherwise (the fast GPU default)."""
+    return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.float32)
