@@ -13,6 +13,7 @@ at the end of the step, and reuses that result at the start of the next one
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -93,13 +94,16 @@ def total_stress(state: MDState) -> jax.Array:
 ForceFn = Callable[[jax.Array, jax.Array, Any], tuple[ModelOutput, Any]]
 
 
-def make_force_fn(model: Model, numbers) -> ForceFn:
+@functools.lru_cache(maxsize=128)
+def make_force_fn(model: Model, numbers: tuple[int, ...]) -> ForceFn:
     """Return ``force_fn(positions, cell, neighbors) -> (ModelOutput, neighbors)``.
 
     The neighbour list (if any) is refreshed on the device when atoms moved more
     than half the skin; overflow is recorded in the list, never silently dropped.
+    Cached per (model, atomic numbers), so integrators built from the same model
+    and system share one compiled program.
     """
-    numbers = jnp.asarray(numbers)
+    numbers = np.asarray(numbers, dtype=np.int32)
 
     def force_fn(positions, cell, neighbors):
         if neighbors is not None:
@@ -152,6 +156,7 @@ def create_state(
     skin: float = 1.0,
     dtype=None,
     neighbor_capacity_factor: float = 1.3,
+    pbc=(True, True, True),
 ) -> tuple[MDState, ForceFn]:
     """Build the initial :class:`MDState` (with energy/forces/stress) and its force function.
 
@@ -169,7 +174,8 @@ def create_state(
     cel = jnp.asarray(cell, dtype)
     neighbors = None
     if model.cutoff is not None and model.cutoff > 0:
-        neighbors = nl.allocate(pos, cel, model.cutoff, skin=skin, capacity_factor=neighbor_capacity_factor)
+        neighbors = nl.allocate(pos, cel, model.cutoff, skin=skin, pbc=pbc,
+                                capacity_factor=neighbor_capacity_factor)
     keys = jax.random.split(jax.random.PRNGKey(seed), R)
     keys = jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
     state = MDState(
@@ -185,9 +191,12 @@ def create_state(
         key=keys,
         step=jnp.zeros((), jnp.int32),
     )
-    force_fn = make_force_fn(model, numbers)
-    state = jax.jit(evaluate, static_argnums=1)(state, force_fn)
+    force_fn = make_force_fn(model, tuple(int(z) for z in numbers))
+    state = _evaluate_jit(state, force_fn)
     return state, force_fn
+
+
+_evaluate_jit = jax.jit(evaluate, static_argnums=1)
 
 
 def default_dtype():

@@ -1,0 +1,158 @@
+r"""Pair potentials in pure JAX: Lennard-Jones and Morse, identical to ASE's calculators.
+
+Units are ASE's: energies in eV, lengths in Angstrom. Both potentials are
+written as a per-replica energy
+
+.. math:: E = \frac12 \sum_i \sum_{j \ne i} u(r_{ij}),
+          \qquad r_{ij} = |\mathbf r_j + S h - \mathbf r_i|
+
+over the *full* neighbour list (:mod:`jaxpto.neighbors`, ASE's ``'ijS'``
+convention, every periodic image included), wrapped by
+:func:`jaxpto.model.energy_model`, so forces :math:`F = -\partial E/\partial r`
+and the stress :math:`\sigma = V^{-1}\,\partial E/\partial\varepsilon` come from
+automatic differentiation. The neighbour list holds pairs up to
+``cutoff + skin``; each potential applies its own cutoff, and padded slots
+(``j = N``) and pairs beyond the cutoff contribute exactly zero, with
+NaN-free gradients (the squared distance is replaced by a harmless value with
+``jnp.where`` before any division or square root).
+
+Lennard-Jones (:func:`lennard_jones`, as ``ase.calculators.lj.LennardJones``)
+------------------------------------------------------------------------------
+
+.. math:: u_{LJ}(r) = 4\epsilon\left[\left(\frac{\sigma}{r}\right)^{12}
+                      - \left(\frac{\sigma}{r}\right)^{6}\right], \qquad r < r_c
+
+with :math:`r_c = 3\sigma` by default. Two cutoff modes:
+
+* ``smooth=False``: shifted energy :math:`u = u_{LJ}(r) - u_{LJ}(r_c)` for
+  :math:`r < r_c` (energy continuous, forces jump at :math:`r_c`);
+* ``smooth=True``: :math:`u = u_{LJ}(r)\,f_c(r^2)` with ASE's (JAX-MD's) cutoff,
+  written in the squared distance :math:`x = r^2`, :math:`x_o = r_o^2`,
+  :math:`x_c = r_c^2` (:math:`r_o = 0.66\,r_c` by default):
+
+  .. math:: f_c(x) = \begin{cases} 1 & x < x_o \\
+            \dfrac{(x_c - x)^2 (x_c + 2x - 3x_o)}{(x_c - x_o)^3} & x_o \le x < x_c \\
+            0 & x \ge x_c \end{cases}
+
+  (energy and forces continuous).
+
+Reference: J. E. Lennard-Jones, Proc. R. Soc. Lond. A 106, 463 (1924).
+
+Morse (:func:`morse`, as ``ase.calculators.morse.MorsePotential``)
+-----------------------------------------------------------------
+
+.. math:: u(r) = \epsilon\left[e^{-2\rho_0 (r/r_0 - 1)} - 2 e^{-\rho_0 (r/r_0 - 1)}\right]
+                 f_{cut}(r)
+
+(minimum :math:`-\epsilon` at :math:`r_0`, curvature
+:math:`2\epsilon(\rho_0/r_0)^2`), with JuLIP's quintic smoothstep cutoff between
+:math:`r_1 = \mathrm{rcut1}\,r_0` and :math:`r_2 = \mathrm{rcut2}\,r_0`
+(``rcut1``, ``rcut2`` are in units of :math:`r_0`):
+
+.. math:: s = 1 - \frac{r - r_1}{r_2 - r_1}, \qquad
+          f_{cut} = \begin{cases} 1 & s \ge 1 \\ 6s^5 - 15s^4 + 10s^3 & 0 < s < 1 \\
+          0 & s \le 0 \end{cases}
+
+Reference: P. M. Morse, Phys. Rev. 34, 57 (1929).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxpto.model import Model, energy_model
+from jaxpto.neighbors import pair_vectors
+
+
+def _squared_distances(nbrs, positions, cell):
+    """``r2`` [N,K] with padded slots set to 1.0 (finite, harmless), and the padding mask."""
+    d, mask = pair_vectors(nbrs, positions, cell)
+    r2 = jnp.where(mask, jnp.sum(d * d, axis=-1), 1.0)
+    return r2, mask
+
+
+def lennard_jones(sigma: float = 1.0, epsilon: float = 1.0, rc: float | None = None,
+                  ro: float | None = None, smooth: bool = False) -> Model:
+    """Lennard-Jones exactly as ``ase.calculators.lj.LennardJones`` (see module docstring).
+
+    Parameters
+    ----------
+    sigma:
+        Length scale in Angstrom; the minimum is at ``2**(1/6) * sigma``.
+    epsilon:
+        Well depth in eV.
+    rc:
+        Cutoff in Angstrom, ``3 * sigma`` if ``None``; also the model's neighbour cutoff.
+    ro:
+        Onset of the smooth cutoff function (``smooth=True`` only), ``0.66 * rc`` if ``None``.
+    smooth:
+        ``False``: energy shifted to zero at ``rc``; ``True``: ASE's smooth cutoff function.
+    """
+    sigma = float(sigma)
+    epsilon = float(epsilon)
+    rc = 3.0 * sigma if rc is None else float(rc)
+    ro = 0.66 * rc if ro is None else float(ro)
+    smooth = bool(smooth)
+    if sigma <= 0 or rc <= 0:
+        raise ValueError(f"sigma and rc must be positive, got sigma={sigma}, rc={rc}")
+    if smooth and not 0 <= ro < rc:
+        raise ValueError(f"the smooth cutoff needs 0 <= ro < rc, got ro={ro}, rc={rc}")
+    rc2, ro2 = rc * rc, ro * ro
+    e_rc = 4.0 * epsilon * ((sigma / rc) ** 12 - (sigma / rc) ** 6)  # u_LJ(rc)
+
+    def energy(positions, cell, numbers, nbrs):
+        r2, mask = _squared_distances(nbrs, positions, cell)
+        inside = mask & (r2 <= rc2)  # ASE zeroes pairs with r2 > rc2
+        r2 = jnp.where(inside, r2, rc2)  # dropped pairs: finite values and gradients
+        c6 = (sigma * sigma / r2) ** 3
+        u = 4.0 * epsilon * (c6 * c6 - c6)
+        if smooth:
+            fc = jnp.where(r2 < ro2, 1.0,
+                           jnp.where(r2 < rc2, (rc2 - r2) ** 2 * (rc2 + 2.0 * r2 - 3.0 * ro2)
+                                     / (rc2 - ro2) ** 3, 0.0))
+            u = u * fc
+        else:
+            u = u - e_rc
+        return 0.5 * jnp.sum(jnp.where(inside, u, 0.0))
+
+    name = f"lennard-jones(sigma={sigma}, epsilon={epsilon}, rc={rc}" + (
+        f", ro={ro}, smooth)" if smooth else ", shifted)")
+    return energy_model(energy, cutoff=rc, elements=None, name=name)
+
+
+def morse(epsilon: float = 1.0, r0: float = 1.0, rho0: float = 6.0, rcut1: float = 1.9,
+          rcut2: float = 2.7) -> Model:
+    """Morse potential exactly as ``ase.calculators.morse.MorsePotential`` (see module docstring).
+
+    Parameters (ASE's names and defaults)
+    -------------------------------------
+    epsilon:
+        Well depth in eV.
+    r0:
+        Position of the minimum in Angstrom.
+    rho0:
+        Dimensionless exponential prefactor (stiffness).
+    rcut1, rcut2:
+        Start and end of the smooth cutoff, in units of ``r0``; the model's
+        neighbour cutoff is ``rcut2 * r0``.
+    """
+    epsilon, r0, rho0 = float(epsilon), float(r0), float(rho0)
+    if r0 <= 0:
+        raise ValueError(f"r0 must be positive, got {r0}")
+    r_on, r_cut = float(rcut1) * r0, float(rcut2) * r0  # Angstrom
+    if not 0 <= r_on < r_cut:
+        raise ValueError(f"the Morse cutoff needs 0 <= rcut1 < rcut2, got {rcut1}, {rcut2}")
+
+    def energy(positions, cell, numbers, nbrs):
+        r2, mask = _squared_distances(nbrs, positions, cell)
+        inside = mask & (r2 < r_cut * r_cut)
+        r = jnp.sqrt(jnp.where(inside, r2, r_cut * r_cut))  # dropped pairs: finite values and gradients
+        expf = jnp.exp(rho0 * (1.0 - r / r0))
+        u = epsilon * expf * (expf - 2.0)
+        s = 1.0 - (r - r_on) / (r_cut - r_on)
+        fcut = jnp.where(s >= 1.0, 1.0,
+                         jnp.where(s > 0.0, s**3 * (6.0 * s * s - 15.0 * s + 10.0), 0.0))
+        return 0.5 * jnp.sum(jnp.where(inside, u * fcut, 0.0))
+
+    name = f"morse(epsilon={epsilon}, r0={r0}, rho0={rho0}, rcut1={rcut1}, rcut2={rcut2})"
+    return energy_model(energy, cutoff=r_cut, elements=None, name=name)

@@ -1,0 +1,122 @@
+"""Device neighbour lists against ASE's ``neighbor_list`` and the overflow/re-allocation path."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.neighborlist import neighbor_list
+
+from jaxpto import neighbors as nl
+
+
+def pair_set(nbrs, r=0):
+    i, j, s, m = [np.asarray(x[r]) for x in nl.as_pairs(nbrs)]
+    return {(a, b, tuple(np.rint(v).astype(int))) for a, b, v, k in zip(i, j, s, m) if k}
+
+
+def ase_set(atoms, rmax):
+    i, j, S = neighbor_list("ijS", atoms, rmax)
+    return set(zip(i.tolist(), j.tolist(), map(tuple, S.tolist())))
+
+
+def random_triclinic(n_rep, seed, rattle=0.1, strain=0.08):
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=3.6) * n_rep
+    cell = atoms.cell.array @ (np.eye(3) + strain * rng.normal(size=(3, 3)))
+    atoms.set_cell(cell, scale_atoms=True)
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+@pytest.mark.parametrize(
+    "reps,cutoff,skin,seed",
+    [
+        ((1, 1, 1), 6.0, 0.0, 0),  # one atom, cell far smaller than the cutoff: many images
+        ((2, 1, 3), 5.0, 0.5, 1),  # small triclinic cell, several images
+        ((3, 3, 3), 4.0, 1.0, 2),
+        ((6, 6, 6), 3.5, 0.5, 3),  # large enough for the cell-list path
+    ],
+)
+def test_matches_ase_on_triclinic_cells(reps, cutoff, skin, seed):
+    atoms = random_triclinic(reps, seed)
+    # Unwrapped positions: atoms outside the cell must not matter.
+    rng = np.random.default_rng(seed)
+    atoms.positions += atoms.cell.array.T @ rng.integers(-2, 3, size=(3,)) * 1.0
+    nbrs = nl.allocate(atoms.positions[None], atoms.cell.array[None], cutoff, skin=skin)
+    assert pair_set(nbrs) == ase_set(atoms, cutoff + skin)
+    if reps == (6, 6, 6):
+        assert nbrs.grid is not None  # the cell-list path was exercised
+    else:
+        assert nbrs.grid is None
+
+
+def test_non_periodic_and_mixed_pbc():
+    atoms = random_triclinic((3, 3, 2), 5)
+    atoms.pbc = (True, False, True)
+    nbrs = nl.allocate(atoms.positions[None], atoms.cell.array[None], 4.0, skin=0.3, pbc=atoms.pbc)
+    assert pair_set(nbrs) == ase_set(atoms, 4.3)
+
+
+def test_batched_replicas_each_match_ase():
+    systems = [random_triclinic((2, 2, 2), s) for s in range(3)]
+    pos = np.stack([a.positions for a in systems])
+    cell = np.stack([a.cell.array for a in systems])
+    nbrs = nl.allocate(pos, cell, 4.5, skin=0.5)
+    for r, a in enumerate(systems):
+        assert pair_set(nbrs, r) == ase_set(a, 5.0)
+
+
+def test_rebuild_criterion_and_update_keep_list_complete():
+    atoms = random_triclinic((3, 3, 3), 7, rattle=0.0)
+    pos0 = jnp.asarray(atoms.positions[None])
+    cell0 = jnp.asarray(atoms.cell.array[None])
+    nbrs = nl.allocate(pos0, cell0, 4.0, skin=1.0)
+    assert not bool(nl.needs_rebuild(nbrs, pos0, cell0)[0])
+    rng = np.random.default_rng(0)
+    # Small moves plus a 3% cell compression: every true pair must stay in the list.
+    strained_cell = cell0 * 0.97
+    moved = pos0 * 0.97 + 0.1 * rng.normal(size=pos0.shape)
+    updated = nl.update(nbrs, moved, strained_cell)
+    atoms2 = atoms.copy()
+    atoms2.set_cell(np.asarray(strained_cell[0]))
+    atoms2.positions = np.asarray(moved[0])
+    true_pairs = ase_set(atoms2, 4.0)
+    assert true_pairs <= pair_set(updated)
+    # A large move must trigger a rebuild.
+    far = pos0.at[0, 0, 0].add(0.6)
+    assert bool(nl.needs_rebuild(nbrs, far, cell0)[0])
+    assert int(nl.update(nbrs, far, cell0).n_builds[0]) == int(nbrs.n_builds[0]) + 1
+
+
+def test_overflow_is_detected_and_reallocation_recovers():
+    atoms = random_triclinic((3, 3, 3), 9)
+    pos = jnp.asarray(atoms.positions[None])
+    cell = jnp.asarray(atoms.cell.array[None])
+    nbrs = nl.allocate(pos, cell, 3.0, skin=0.2, capacity_factor=1.0)
+    # Compress by 25%: many more neighbours than the capacity allows.
+    squeezed_pos, squeezed_cell = pos * 0.75, cell * 0.75
+    rebuilt = nl.build(nbrs, squeezed_pos, squeezed_cell)
+    assert bool(rebuilt.did_overflow[0])
+    assert int(rebuilt.max_count[0]) > nbrs.capacity
+    bigger = nl.reallocate(rebuilt, squeezed_pos, squeezed_cell)
+    assert bigger.capacity > nbrs.capacity and not bool(bigger.did_overflow[0])
+    atoms2 = atoms.copy()
+    atoms2.set_cell(np.asarray(squeezed_cell[0]))
+    atoms2.positions = np.asarray(squeezed_pos[0])
+    assert pair_set(bigger) == ase_set(atoms2, 3.2)
+
+
+def test_shrinking_small_cell_flags_missing_images():
+    atoms = bulk("Cu", "fcc", a=3.6)
+    pos = jnp.asarray(atoms.positions[None])
+    cell = jnp.asarray(atoms.cell.array[None])
+    nbrs = nl.allocate(pos, cell, 5.0, skin=0.0)
+    rebuilt = nl.build(nbrs, pos * 0.8, cell * 0.8)
+    assert bool(rebuilt.did_overflow[0]) and bool(rebuilt.layout_bad[0])
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="cutoff"):
+        nl.allocate(np.zeros((1, 2, 3)), np.eye(3)[None] * 5, -1.0)
+    with pytest.raises(ValueError, match="singular"):
+        nl.allocate(np.zeros((1, 2, 3)), np.zeros((1, 3, 3)), 2.0)
