@@ -104,7 +104,9 @@ def strain_derivative_stress(energy_fn: Callable[..., jax.Array]):
         zero = jnp.zeros((3, 3), positions.dtype)
         energy, (dE_dr, dE_deps) = grad_fn(positions, zero, cell, numbers, neighbors)
         volume = jnp.abs(jnp.linalg.det(cell))
-        stress = 0.5 * (dE_deps + dE_deps.T) / volume
+        # Non-periodic systems may have no cell: report zero stress rather than inf/NaN.
+        safe = jnp.where(volume > 0, volume, 1.0)
+        stress = jnp.where(volume > 0, 0.5 * (dE_deps + dE_deps.T) / safe, 0.0)
         return energy, -dE_dr, stress
 
     return single

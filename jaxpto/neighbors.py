@@ -341,7 +341,16 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
     if bin_capacity is not None and grid is not None:
         bc = int(bin_capacity)
     R, n = positions.shape[0], positions.shape[1]
-    cap = int(capacity) if capacity is not None else 16
+    if capacity is not None:
+        cap = int(capacity)
+    else:
+        # Estimate from the mean density (one compile when it is right): N/V * 4/3 pi rmax^3.
+        vols = np.abs(np.linalg.det(cell_np)) if all(pbc) else np.array([0.0])
+        if np.all(vols > 0):
+            mean = n / vols.min() * 4.0 / 3.0 * math.pi * rmax**3
+            cap = max(16 * int(math.ceil(min(mean, n * np.prod([2 * k + 1 for k in images])) * capacity_factor / 16)), 16)
+        else:
+            cap = 16
     for _ in range(40):
         nbrs = NeighborList(
             idx=jnp.zeros((R, n, cap), jnp.int32),
@@ -360,8 +369,9 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
             bc *= 2  # only the cell list can be short right after allocation: its bins overflowed
             continue
         count = int(jnp.max(nbrs.max_count))
-        wanted = max(int(math.ceil(count * capacity_factor)), 1)
-        if count <= cap and (capacity is not None or cap >= wanted):
+        # Round up to a multiple of 16 so that small fluctuations do not change shapes (recompiles).
+        wanted = max(16 * int(math.ceil(count * capacity_factor / 16)), 16)
+        if count <= cap and (capacity is not None or wanted <= cap <= 1.6 * wanted):
             return nbrs
         cap = wanted
     raise RuntimeError("could not size the neighbour list (more than 40 attempts); this is a bug")

@@ -141,7 +141,10 @@ def per_replica(value, n_replicas: int, name: str, dtype) -> jax.Array:
         )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains non-finite values: {arr}")
-    return jnp.asarray(arr, dtype=dtype)
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        dtype = jnp.dtype(jnp.float32)
+    return jnp.asarray(arr.astype(dtype))
 
 
 def create_state(

@@ -252,6 +252,15 @@ def test_emt_unsupported_element():
         emt(["Xx"])
 
 
+def test_emt_table_is_ase_table():
+    from ase.calculators import emt as ase_emt
+
+    from jaxpto.potentials.emt import BETA, PARAMETERS
+
+    assert PARAMETERS == ase_emt.parameters
+    assert BETA == ase_emt.beta
+
+
 def test_pair_bad_parameters():
     with pytest.raises(ValueError):
         lennard_jones(sigma=1.0, rc=3.0, ro=3.5, smooth=True)
@@ -281,4 +290,5 @@ def test_emt_timing_4000_cu():
         jax.block_until_ready(fn(pos, cell, numbers, nbrs))
         times.append(time.perf_counter() - t0)
     print(f"EMT, 4000 Cu atoms, K={nbrs.capacity} slots, skin 0.5 A, {jax.devices()[0].platform}: "
-          f"energy+forces+stress {1e3 * min(times):.1f} ms (min of 5), median {1e3 * np.median(times):.1f} ms")
+          f"energy+forces+stress {1e3 * min(times):.1f} ms (min of 5), "
+          f"median {1e3 * np.median(times):.1f} ms")

@@ -387,12 +387,13 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
 def mtk_conserved_energy(state: MDState) -> jax.Array:
     """ASE's ``get_conserved_energy()`` of ``MTKNPT``/``MaskedMTKNPT``/``IsotropicMTKNPT``, per replica (eV)."""
     v = state.integrator
+    if not isinstance(v, (IsotropicMTKVariables, MTKVariables)):
+        raise TypeError(f"state.integrator is {type(v).__name__}, not an MTK integrator's variables "
+                        "(initialise the state with mtk_npt(...).init or isotropic_mtk_npt(...).init)")
     base = state.energy + kinetic_energy(state.momenta, state.masses) + chain_energy(v.thermostat)
     base = base + chain_energy(v.barostat)
     if isinstance(v, IsotropicMTKVariables):
         V = v.volume0 * jnp.exp(3 * v.eps)
         return base + v.p_eps * v.p_eps / (2 * v.W) + v.pressure * V
-    if isinstance(v, MTKVariables):
-        axes = tuple(range(1, v.p_cell.ndim))
-        return base + jnp.sum(v.p_cell**2, axis=axes) / (2 * v.W) + v.pressure * volume(state.cell)
-    raise TypeError(f"state.integrator is {type(v).__name__}, not an MTK integrator's variables")
+    axes = tuple(range(1, v.p_cell.ndim))
+    return base + jnp.sum(v.p_cell**2, axis=axes) / (2 * v.W) + v.pressure * volume(state.cell)

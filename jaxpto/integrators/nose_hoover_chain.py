@@ -55,6 +55,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ase import units
 from flax import struct
 
@@ -85,8 +86,6 @@ class NHCChain:
 
 
 def _check_positive(values: jax.Array, name: str) -> None:
-    import numpy as np
-
     arr = np.asarray(values)
     if np.any(arr <= 0):
         raise ValueError(f"{name} must be positive, got {arr}")

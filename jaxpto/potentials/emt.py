@@ -182,6 +182,12 @@ def emt(elements: Iterable[int | str] | None = None, asap_cutoff: bool = False) 
         parameter table, as in ASE. ``True``: it comes from the elements present
         in the evaluated system (computed inside the energy function), as in
         ASE; the neighbour-list cutoff is then the largest over ``elements``.
+
+    Notes
+    -----
+    Element coverage is checked on the host (``Model.check_elements``, called by
+    ``JaxptoCalculator``); the traced ``model.compute`` does not check and returns
+    NaN for atoms of an element outside EMT's table.
     """
     covered = EMT_ELEMENTS if elements is None else _as_numbers(elements)
     unknown = sorted(covered - EMT_ELEMENTS)
