@@ -1,0 +1,15 @@
+"""jaxpto: JAX-native, jit-compiled, replica-batched molecular dynamics for ML force fields.
+
+Units are ASE's everywhere: eV, Angstrom, amu, ASE time units, stress in eV/A^3 (ASE sign).
+Float64 is used when ``jax_enable_x64`` is on (verification); float32 otherwise.
+"""
+
+__version__ = "0.1.0"
+
+from jaxpto.calculator import JaxptoCalculator  # noqa: E402
+from jaxpto.model import Model, ModelOutput, energy_model  # noqa: E402
+from jaxpto.simulate import run, state_from_atoms  # noqa: E402
+from jaxpto.state import MDState  # noqa: E402
+
+__all__ = ["JaxptoCalculator", "MDState", "Model", "ModelOutput", "energy_model", "run", "state_from_atoms",
+           "__version__"]

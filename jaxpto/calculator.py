@@ -18,6 +18,9 @@ from jaxpto.model import Model
 from jaxpto.state import default_dtype
 
 
+_update = jax.jit(nl.update)
+
+
 class JaxptoCalculator(Calculator):
     """ASE calculator evaluating a jaxpto model (energy, free_energy, forces, stress).
 
@@ -28,29 +31,37 @@ class JaxptoCalculator(Calculator):
     dtype:
         Floating type of the evaluation; float64 when JAX x64 mode is on, else float32.
     skin:
-        Neighbour-list skin in Angstrom (lists are rebuilt for every new structure).
+        Neighbour-list skin in Angstrom: the device list is reused between calls on the
+        same atoms and rebuilt only when atoms moved more than half the skin.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model: Model, dtype=None, skin: float = 0.0, **kwargs):
+    def __init__(self, model: Model, dtype=None, skin: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         self.model = model
         self.dtype = dtype
         self.skin = skin
-        self._compiled = {}
+        self._nbrs = None
+        self._compute = jax.jit(model.compute)
 
     def _evaluate(self, positions, cell, numbers, pbc):
         dtype = self.dtype or default_dtype()
         pos = jnp.asarray(positions, dtype)
         cel = jnp.asarray(cell, dtype)
-        nbrs = nl.allocate(pos, cel, self.model.cutoff, skin=self.skin, pbc=pbc)
-        key = (pos.shape, nbrs.capacity, nbrs.images, nbrs.grid, nbrs.bin_capacity, tuple(pbc), str(dtype))
-        fn = self._compiled.get(key)
-        if fn is None:
-            fn = jax.jit(self.model.compute)
-            self._compiled[key] = fn
-        return fn(pos, cel, jnp.asarray(numbers), nbrs)
+        nbrs = self._nbrs
+        # Reuse the device list (same atoms, pbc, dtype): refreshed on the device, re-allocated on overflow.
+        if nbrs is not None and nbrs.reference_positions.shape == pos.shape and nbrs.pbc == tuple(pbc) \
+                and nbrs.reference_positions.dtype == pos.dtype:
+            nbrs = _update(nbrs, pos, cel)
+            if bool(jnp.any(nbrs.did_overflow)):
+                nbrs = None
+        else:
+            nbrs = None
+        if nbrs is None:
+            nbrs = nl.allocate(pos, cel, self.model.cutoff, skin=self.skin, pbc=pbc)
+        self._nbrs = nbrs
+        return self._compute(pos, cel, jnp.asarray(numbers), nbrs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

@@ -20,7 +20,10 @@ How a run works
 ``run(steps)``/``irun(steps)`` follow ASE's ``MolecularDynamics.irun``: at step 0 the
 observers are called, then after every step the observers due at that step. jaxpto runs
 all steps between two observer events (and at most ``chunk_size`` steps) as ONE compiled
-``lax.scan``/``fori_loop`` chunk (:func:`jaxpto.simulate.run_chunk`), then writes the state
+``fori_loop`` chunk whose length is a traced argument (:func:`run_steps`; like
+:func:`jaxpto.simulate.run_chunk`, with the same neighbour-list overflow handling), so an
+integrator compiles once whatever the pattern of ``run(n)`` calls and observer intervals
+(``run(1)`` then ``run(200)`` does not recompile), then writes the state
 back into the Atoms object (positions, momenta, cell) and calls the observers due at that
 step, in ASE's order. ``irun`` therefore yields after every chunk (at every observer event
 and at the end), not after every step.
@@ -62,6 +65,7 @@ Not supported: constraints (``NotImplementedError``), Filters, MPI ``comm``/``ma
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,7 +82,6 @@ from ase.utils import IOContext
 
 from jaxpto import neighbors as nl
 from jaxpto.model import Model, ModelOutput
-from jaxpto.simulate import run_chunk
 from jaxpto.state import _evaluate_jit, default_dtype
 
 __all__ = ["VelocityVerlet", "Langevin", "Bussi", "NoseHooverChainNVT", "NPT", "MelchionnaNPT",
@@ -146,6 +149,38 @@ def callback_model(calc, template, need_stress: bool) -> Model:
         return ModelOutput(energy=e, forces=f, stress=s)
 
     return Model(compute=compute, cutoff=0.0, name=f"ase-callback:{type(calc).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# One compiled program per integrator, whatever the chunk length
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def chunk_program(step):
+    """``program(state, n)``: ``n`` steps (a traced int32, so every chunk length shares one compilation)."""
+
+    @jax.jit
+    def program(state, n):
+        return jax.lax.fori_loop(0, n, lambda _, s: step(s), state)
+
+    return program
+
+
+def run_steps(integrator, state, n_steps: int):
+    """As :func:`jaxpto.simulate.run_chunk` (re-allocating the neighbour list on overflow), any ``n_steps``, one program."""
+    if n_steps <= 0:
+        return state
+    program = chunk_program(integrator.step)
+    n = jnp.asarray(n_steps, jnp.int32)
+    for _ in range(8):
+        new_state = program(state, n)
+        nbrs = new_state.neighbors
+        if nbrs is None or not bool(jnp.any(nbrs.did_overflow)):
+            return new_state
+        state = state.replace(neighbors=nl.reallocate(state.neighbors, state.positions, state.cell))
+    raise RuntimeError("neighbour list kept overflowing after 8 re-allocations; the system is probably "
+                       "collapsing (atoms far closer than the cutoff); check the time step and structure")
 
 
 # ---------------------------------------------------------------------------
@@ -280,7 +315,7 @@ class _JaxDynamics(IOContext):
         while self.nsteps < self.max_steps:
             target = self._next_event()
             k = target - self.nsteps
-            self._state, _ = run_chunk(self._integrator, self._state, k)
+            self._state = run_steps(self._integrator, self._state, k)
             for _ in range(k):
                 self._time_elapsed += self.dt
             self.nsteps = target
