@@ -51,6 +51,7 @@ class NeighborList:
     max_count: jax.Array  # [R] int32, largest neighbour count seen by a build
     n_builds: jax.Array  # [R] int32, number of builds since allocation
     layout_bad: jax.Array  # [R] bool, sticky: images/bins no longer cover cutoff+skin
+    min_heights: jax.Array  # [R, 3] smallest cell heights seen by a build (sizes a re-allocation)
     cutoff: float = struct.field(pytree_node=False)
     skin: float = struct.field(pytree_node=False)
     capacity: int = struct.field(pytree_node=False)
@@ -250,13 +251,17 @@ def _build_one(nbrs: NeighborList, positions, cell):
         layout_bad = jnp.any(needed > jnp.asarray(nbrs.images, needed.dtype))
     max_count = jnp.max(counts)
     overflow = (max_count > nbrs.capacity) | layout_bad
-    return idx, sh, max_count, overflow, layout_bad
+    heights = 1.0 / jnp.linalg.norm(_inverse_cell(cell, nbrs.pbc).T, axis=-1)
+    heights = jnp.where(jnp.asarray(nbrs.pbc), heights, 1.0)
+    return idx, sh, max_count, overflow, layout_bad, heights
 
 
 def build(nbrs: NeighborList, positions, cell) -> NeighborList:
     """Rebuild the list for every replica now (jit-able). Shapes stay fixed."""
-    idx, sh, max_count, overflow, layout_bad = jax.vmap(lambda p, c: _build_one(nbrs, p, c))(positions, cell)
+    idx, sh, max_count, overflow, layout_bad, heights = jax.vmap(lambda p, c: _build_one(nbrs, p, c))(
+        positions, cell)
     return nbrs.replace(
+        min_heights=jnp.minimum(nbrs.min_heights, heights.astype(nbrs.min_heights.dtype)),
         layout_bad=nbrs.layout_bad | layout_bad,
         idx=idx,
         shifts=sh.astype(positions.dtype),
@@ -289,9 +294,14 @@ def update(nbrs: NeighborList, positions, cell) -> NeighborList:
     return jax.lax.cond(need, lambda: build(nbrs, positions, cell), lambda: nbrs)
 
 
-def _choose_layout(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float):
-    """Static layout: image range for the all-pairs path, or a cell-list grid for big periodic cells."""
+def _choose_layout(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float, layout_rmax: float | None = None):
+    """Static layout: image range for the all-pairs path, or a cell-list grid for big periodic cells.
+
+    ``cell`` may stack several cells ([K,3,3]); the layout then covers all of them.
+    ``layout_rmax`` (>= rmax) leaves head-room for cells that deform further.
+    """
     n = positions.shape[1]
+    rmax = max(rmax, layout_rmax or rmax)
     images = required_images(cell, pbc, rmax)
     m = int(np.prod([2 * k + 1 for k in images]))
     grid = None
@@ -313,7 +323,8 @@ def _choose_layout(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float):
 
 def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, True, True),
              capacity_factor: float = 1.3, capacity: int | None = None,
-             bin_capacity: int | None = None) -> NeighborList:
+             bin_capacity: int | None = None, min_capacity: int = 0, layout_cells=None,
+             layout_headroom: float = 0.0) -> NeighborList:
     """Allocate and build a neighbour list on the host side (shapes chosen from the data).
 
     ``positions`` [R,N,3], ``cell`` [R,3,3] (Angstrom). ``skin`` (Angstrom) is
@@ -337,7 +348,9 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
             raise ValueError("the cell is singular (zero volume) but the system is periodic; "
                              "give a cell with three independent lattice vectors")
     rmax = float(cutoff) + float(skin)
-    images, grid, bc = _choose_layout(pos_np, cell_np, pbc, rmax)
+    layout_cell = cell_np if layout_cells is None else np.concatenate(
+        [cell_np, np.asarray(layout_cells, float).reshape(-1, 3, 3)])
+    images, grid, bc = _choose_layout(pos_np, layout_cell, pbc, rmax, rmax * (1.0 + layout_headroom))
     if bin_capacity is not None and grid is not None:
         bc = int(bin_capacity)
     R, n = positions.shape[0], positions.shape[1]
@@ -351,6 +364,7 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
             cap = max(16 * int(math.ceil(min(mean, n * np.prod([2 * k + 1 for k in images])) * capacity_factor / 16)), 16)
         else:
             cap = 16
+        cap = max(cap, 16 * int(math.ceil(min_capacity / 16)))
     for _ in range(40):
         nbrs = NeighborList(
             idx=jnp.zeros((R, n, cap), jnp.int32),
@@ -361,6 +375,7 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
             max_count=jnp.zeros((R,), jnp.int32),
             n_builds=jnp.zeros((R,), jnp.int32),
             layout_bad=jnp.zeros((R,), bool),
+            min_heights=jnp.full((R, 3), jnp.inf, positions.dtype),
             cutoff=float(cutoff), skin=float(skin), capacity=cap, images=images,
             pbc=pbc, grid=grid, bin_capacity=bc,
         )
@@ -371,7 +386,7 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
         count = int(jnp.max(nbrs.max_count))
         # Round up to a multiple of 16 so that small fluctuations do not change shapes (recompiles).
         wanted = max(16 * int(math.ceil(count * capacity_factor / 16)), 16)
-        if count <= cap and (capacity is not None or wanted <= cap <= 1.6 * wanted):
+        if count <= cap and (capacity is not None or wanted <= cap <= max(1.6 * wanted, min_capacity + 16)):
             return nbrs
         cap = wanted
     raise RuntimeError("could not size the neighbour list (more than 40 attempts); this is a bug")
@@ -380,10 +395,33 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
 _jit_build = jax.jit(build)
 
 
-def reallocate(nbrs: NeighborList, positions, cell, capacity_factor: float = 1.3) -> NeighborList:
-    """A larger list for the given configuration (host side, after an overflow)."""
-    return allocate(positions, cell, nbrs.cutoff, skin=nbrs.skin, pbc=nbrs.pbc,
-                    capacity_factor=capacity_factor)
+def reallocate(nbrs: NeighborList, positions, cell, capacity_factor: float = 1.3, *,
+               overflowed: NeighborList | None = None, overflowed_cell=None, headroom: float = 0.0) -> NeighborList:
+    """A larger list for ``positions``/``cell`` (host side, after an overflow).
+
+    ``overflowed`` is the list at the end of the run that overflowed and ``overflowed_cell``
+    the cell there: the new capacity covers the neighbour count it saw and the image
+    range/bins cover that cell too, so re-running the same steps does not overflow again.
+    ``headroom`` (a fraction of cutoff+skin) enlarges the image range/bins further.
+    """
+    extra_cells = None
+    if overflowed is not None:
+        # Diagonal stand-ins with the smallest heights the failed run met: they need the same
+        # image range / bin grid as the most deformed cell seen at any build.
+        h = np.asarray(overflowed.min_heights, float)
+        h = h[np.all(np.isfinite(h) & (h > 0), axis=1)]
+        overflowed_cell = np.concatenate([np.asarray(overflowed_cell, float).reshape(-1, 3, 3)]
+                                         + ([np.stack([np.diag(x) for x in h])] if len(h) else []))
+    if overflowed_cell is not None:
+        extra_cells = np.asarray(overflowed_cell, float).reshape(-1, 3, 3)
+        extra_cells = extra_cells[np.all(np.isfinite(extra_cells), axis=(1, 2))]
+        # A cell that collapsed (blown-up replica) must not dictate the layout.
+        extra_cells = extra_cells[np.abs(np.linalg.det(extra_cells)) > 1e-6] if len(extra_cells) else extra_cells
+    min_capacity = 0
+    if overflowed is not None:
+        min_capacity = int(math.ceil(int(jnp.max(overflowed.max_count)) * capacity_factor))
+    return allocate(positions, cell, nbrs.cutoff, skin=nbrs.skin, pbc=nbrs.pbc, capacity_factor=capacity_factor,
+                    min_capacity=min_capacity, layout_cells=extra_cells, layout_headroom=headroom)
 
 
 def as_pairs(nbrs: NeighborList):

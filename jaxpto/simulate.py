@@ -69,8 +69,12 @@ def run_chunk(integrator: Integrator, state: MDState, n_steps: int, record_fn=No
         nbrs = new_state.neighbors
         if nbrs is None or not bool(jnp.any(nbrs.did_overflow)):
             return new_state, records
-        # Re-allocate for the chunk's starting configuration and take the chunk again.
-        state = state.replace(neighbors=nl.reallocate(state.neighbors, state.positions, state.cell))
+        # Re-allocate for the chunk's starting configuration, sized for what the failed chunk
+        # met (its neighbour count and its deformed cell, with growing head-room), and take
+        # the chunk again from its start.
+        state = state.replace(neighbors=nl.reallocate(
+            state.neighbors, state.positions, state.cell, overflowed=nbrs, overflowed_cell=new_state.cell,
+            headroom=0.1 * attempt))
     raise RuntimeError("neighbour list kept overflowing after 8 re-allocations; the system is probably "
                        "collapsing (atoms far closer than the cutoff); check the time step and structure")
 

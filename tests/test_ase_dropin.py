@@ -266,3 +266,38 @@ def test_npt_modified_atoms_raise_like_ase(lj_model):
             a.positions[0] += 0.1
             with pytest.raises(NotImplementedError):
                 dyn.run(3)
+
+
+@pytest.mark.parametrize("name", ["NoseHooverChainNVT", "MTKNPT", "IsotropicMTKNPT", "MelchionnaNPT"])
+def test_other_deterministic_classes_match_ase(lj_model, name):
+    from ase.md import melchionna, nose_hoover_chain
+
+    fs = units.fs
+    mtk = dict(temperature_K=300.0, pressure_au=0.0, tdamp=50 * fs, pdamp=250 * fs)
+    kwargs = {"NoseHooverChainNVT": dict(temperature_K=300, tdamp=50 * fs), "MTKNPT": mtk, "IsotropicMTKNPT": mtk,
+              "MelchionnaNPT": dict(temperature_K=300, externalstress=0, ttime=25 * fs, pfactor=75.0**2 * fs)}[name]
+    ase_cls = getattr(melchionna if name == "MelchionnaNPT" else nose_hoover_chain, name)
+    atoms = _cell()
+    out = []
+    for cls in (ase_cls, getattr(jmd, name)):
+        a = atoms.copy()
+        a.calc = JaxptoCalculator(lj_model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dyn = cls(a, 2 * fs, **kwargs)
+            dyn.run(30)
+        out.append(a)
+    assert _max_dev(out[1], out[0]) <= 1e-8
+
+
+def test_bussi_runs_and_checks_kinetic_energy(lj_model):
+    atoms = _cell()
+    atoms.calc = JaxptoCalculator(lj_model)
+    dyn = jmd.Bussi(atoms, 2 * units.fs, temperature_K=300, taut=50 * units.fs, seed=1)
+    dyn.run(20)
+    assert np.isfinite(dyn.transferred_energy) and atoms.get_temperature() > 0
+    cold = _cell()
+    cold.set_momenta(np.zeros((len(cold), 3)))
+    cold.calc = JaxptoCalculator(lj_model)
+    with pytest.raises(ValueError):
+        jmd.Bussi(cold, 2 * units.fs, temperature_K=300, taut=50 * units.fs)
