@@ -10,6 +10,7 @@ from jaxpto.calculator import JaxptoCalculator  # noqa: E402
 from jaxpto.model import Model, ModelOutput, energy_model  # noqa: E402
 from jaxpto.simulate import run, state_from_atoms  # noqa: E402
 from jaxpto.state import MDState  # noqa: E402
+from bridges.registry import load_model  # noqa: E402,F401
 
 __all__ = ["JaxptoCalculator", "MDState", "Model", "ModelOutput", "energy_model", "run", "state_from_atoms",
            "__version__"]

@@ -85,7 +85,7 @@ from jaxpto.model import Model, ModelOutput
 from jaxpto.state import _evaluate_jit, default_dtype
 
 __all__ = ["VelocityVerlet", "Langevin", "Bussi", "NoseHooverChainNVT", "NPT", "MelchionnaNPT",
-           "MTKNPT", "IsotropicMTKNPT"]
+           "MTKNPT", "MaskedMTKNPT", "IsotropicMTKNPT"]
 
 
 # ---------------------------------------------------------------------------
@@ -301,7 +301,11 @@ class _JaxDynamics(IOContext):
         return None
 
     def irun(self, steps=50):
-        """As ASE's ``MolecularDynamics.irun``, yielding after every compiled chunk (see the module docstring)."""
+        """As ASE's ``MolecularDynamics.irun``: yields after every step (each step is then one compiled
+        call, so ``run`` is the fast path: it compiles the steps between two observer events together)."""
+        return self._irun(steps, per_step=True)
+
+    def _irun(self, steps, per_step):
         self.max_steps = self.nsteps + steps
         if self._state is None:
             self._build()
@@ -313,11 +317,10 @@ class _JaxDynamics(IOContext):
             self._reread(between_runs=False)
         yield self.nsteps == self.max_steps
         while self.nsteps < self.max_steps:
-            target = self._next_event()
+            target = self.nsteps + 1 if per_step else self._next_event()
             k = target - self.nsteps
             self._state = run_steps(self._integrator, self._state, k)
-            for _ in range(k):
-                self._time_elapsed += self.dt
+            self._time_elapsed += k * self.dt
             self.nsteps = target
             self._write_back()
             self.call_observers()
@@ -326,7 +329,7 @@ class _JaxDynamics(IOContext):
 
     def run(self, steps=50):
         converged = steps == 0
-        for converged in self.irun(steps=steps):
+        for converged in self._irun(steps, per_step=False):
             pass
         return converged
 
@@ -547,6 +550,25 @@ class Langevin(_JaxDynamics):
     def _init_state(self, integrator, state):
         return integrator.init(state, temperature_K=self.temp_K, friction=self.fr)
 
+    def _refresh(self):
+        # New constants for the running state; its PRNG keys and dynamics carry on.
+        if self._state is not None:
+            self._integrator = self._make_integrator(self._integrator_force_fn)
+            self._state = self._init_state(self._integrator, self._state)
+
+    def set_timestep(self, timestep):
+        self.dt = float(timestep)
+        self._refresh()
+
+    def set_friction(self, friction):
+        self.fr = friction
+        self._refresh()
+
+    def set_temperature(self, temperature=None, temperature_K=None):
+        self.temp_K = _temperature_K(temperature, temperature_K, "eV")
+        self.temp = units.kB * np.asarray(self.temp_K)
+        self._refresh()
+
 
 class Bussi(_JaxDynamics):
     """Bussi velocity rescaling, as ``ase.md.bussi.Bussi`` (jaxpto's own PRNG: ``seed=``; ``rng`` only seeds it)."""
@@ -562,6 +584,10 @@ class Bussi(_JaxDynamics):
                                  "running Bussi NVT.")
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
                          append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng)
+        # ASE's public attributes (same order of operations, ASE's test compares with ==).
+        self.temp = temperature_K * units.kB if np.ndim(temperature_K) == 0 else units.kB * np.asarray(temperature_K)
+        self.ndof = atoms_list[0].get_number_of_degrees_of_freedom()
+        self.target_kinetic_energy = 0.5 * self.temp * self.ndof
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.bussi import bussi
@@ -599,6 +625,8 @@ class NoseHooverChainNVT(_JaxDynamics):
 
     def get_conserved_energy(self):
         from jaxpto.integrators.nose_hoover_chain import nhc_conserved_energy
+        if self._state is None:
+            self._build()
         return _scalar_or_list(nhc_conserved_energy(self._state), self._single)
 
 
@@ -629,7 +657,23 @@ class MTKNPT(_JaxDynamics):
 
     def get_conserved_energy(self):
         from jaxpto.integrators.mtk import mtk_conserved_energy
+        if self._state is None:
+            self._build()
         return _scalar_or_list(mtk_conserved_energy(self._state), self._single)
+
+
+class MaskedMTKNPT(MTKNPT):
+    """MTK NPT with cell fluctuations along the masked axes only, as ``ase.md.nose_hoover_chain.MaskedMTKNPT``.
+
+    ``mask=(a, b, c)`` booleans (True: that axis fluctuates). jaxpto implements the documented
+    behaviour; ASE 3.29's own class ignores a tuple mask with any False in it (NumPy reads a
+    tuple of bools as indices), so compare with ASE by passing ``np.array(mask)`` there.
+    """
+
+    def __init__(self, *args, mask, **kwargs):
+        self.mask = tuple(bool(m) for m in mask)
+        self._mask = self.mask
+        super().__init__(*args, **kwargs)
 
 
 class IsotropicMTKNPT(MTKNPT):

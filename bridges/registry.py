@@ -1,0 +1,117 @@
+"""``load_model``: a named force field (or a checkpoint file) as a :class:`jaxpto.model.Model`.
+
+Also available as ``jaxpto.load_model``. Torch models go through the DLPack bridge
+(:func:`bridges.torch_bridge.as_jax_model`); the JAX-native potentials are returned as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # no runtime import: jaxpto/__init__ imports this module (circular otherwise)
+    from jaxpto.model import Model
+
+# name -> (family, description)
+KNOWN_MODELS: dict[str, tuple[str, str]] = {
+    "7net-0": ("sevenn", "SevenNet-0 (11Jul2024), 89 elements, cutoff 5 A"),
+    "7net-l3i5": ("sevenn", "SevenNet-l3i5, 89 elements, cutoff 5 A (slower, lmax 3)"),
+    "7net-mf-0": ("sevenn", "SevenNet-MF-0, multi-fidelity: modal='PBE' (default) or 'R2SCAN'"),
+    "chgnet-0.3.0": ("chgnet", "CHGNet 0.3.0 (MPtrj)"),
+    "chgnet-0.2.0": ("chgnet", "CHGNet 0.2.0 (MPtrj)"),
+    "chgnet-r2scan": ("chgnet", "CHGNet r2SCAN fine-tune"),
+    "emt": ("jax", "JAX-native EMT (ASE's EMT parameters)"),
+    "lj": ("jax", "JAX-native Lennard-Jones (ASE's LennardJones; kwargs sigma, epsilon, rc, ...)"),
+}
+FAMILIES = ("sevenn", "chgnet", "jax")
+
+
+def known_models() -> list[str]:
+    """The names :func:`load_model` accepts."""
+    return list(KNOWN_MODELS)
+
+
+def _default_torch_device(device):
+    """Explicit device, else CUDA when JAX runs on a GPU and torch has CUDA, else CPU."""
+    if device is not None:
+        return str(device)
+    import jax
+    import torch
+
+    if jax.default_backend() in ("gpu", "cuda", "rocm") and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def _torch_dtype(dtype):
+    if dtype is None:
+        return None
+    import torch
+    from bridges.torch_bridge import _torch_dtype as conv
+
+    return dtype if isinstance(dtype, torch.dtype) else conv(dtype)
+
+
+def _load_torch(family: str, name: str, device, dtype, kw) -> "Model":
+    from bridges.torch_bridge import as_jax_model
+
+    dev = _default_torch_device(device)
+    tdt = _torch_dtype(dtype)
+    if family == "sevenn":
+        from bridges import sevenn
+        efs = sevenn.load(name, device=dev, dtype=tdt, **kw)
+    elif family == "chgnet":
+        import importlib
+        chgnet = importlib.import_module("bridges.chgnet")  # written separately; imported lazily
+        efs = chgnet.load(name, device=dev, dtype=tdt, **kw)
+    else:  # pragma: no cover - guarded by the callers
+        raise ValueError(f"unknown torch family {family!r}")
+    return as_jax_model(efs, device=dev, dtype=tdt)
+
+
+def load_model(name_or_path, *, family: str | None = None, device=None, dtype=None, **kw) -> "Model":
+    """A force field as a :class:`jaxpto.model.Model`, ready for ``state_from_atoms``/``JaxptoCalculator``.
+
+    Parameters
+    ----------
+    name_or_path:
+        One of :func:`known_models` ("7net-0", "7net-l3i5", "7net-mf-0", "chgnet-0.3.0",
+        "chgnet-0.2.0", "chgnet-r2scan", "emt", "lj"), case insensitive, or a checkpoint file
+        (then give ``family``: "sevenn" or "chgnet").
+    family:
+        Model family for a checkpoint path; optional for known names (must then agree).
+    device:
+        Torch device for torch models ("cpu", "cuda", ...). Default: CUDA when JAX runs on a
+        GPU and torch has CUDA, else CPU. Ignored by the JAX-native potentials.
+    dtype:
+        Torch float dtype of torch models (default: the model's own, float32). The JAX-native
+        potentials compute in the dtype of the arrays they are given.
+    **kw:
+        Passed to the loader: ``modal=`` for 7net-mf-0; the potential's parameters for "emt"
+        (``elements``, ``asap_cutoff``) and "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``).
+
+    Raises ``ValueError`` for an unknown name (listing the known ones) or family.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"load_model expects a model name or a checkpoint path, got {type(name_or_path).__name__}")
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known families: {', '.join(FAMILIES)}")
+    key = name_or_path.strip().lower()
+    if key in KNOWN_MODELS:
+        fam = KNOWN_MODELS[key][0]
+        if family is not None and family != fam:
+            raise ValueError(f"model {name_or_path!r} belongs to family {fam!r}, not {family!r}")
+        if fam == "jax":
+            from jaxpto import potentials
+            if key == "emt":
+                return potentials.emt(**kw)
+            return potentials.lennard_jones(**kw)
+        return _load_torch(fam, key, device, dtype, kw)
+    if os.path.isfile(name_or_path):
+        if family in (None, "jax"):
+            raise ValueError(f"{name_or_path!r} is a file: give family='sevenn' or family='chgnet' to load it")
+        return _load_torch(family, name_or_path, device, dtype, kw)
+    listing = "\n".join(f"  {n:<14} {d}" for n, (_, d) in KNOWN_MODELS.items())
+    raise ValueError(f"unknown model {name_or_path!r} (and no such file). Known models:\n{listing}")

@@ -1,0 +1,305 @@
+"""CHGNet torch EFS (bridges.chgnet): graph built in torch from the engine's edges vs CHGNet's own.
+
+References: ``chgnet.model.dynamics.CHGNetCalculator`` (pymatgen neighbour list, compiled CPU graph
+builder, ``CHGNet.predict_graph``) and ``CHGNet.graph_converter`` (``CrystalGraph``) on PbTiO3
+cells. CHGNet runs in float32: the tolerances are float32 round-off (both paths differ from a
+float64 evaluation by ~3e-5 eV/A in the forces).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+
+import torch  # noqa: E402  (a core dependency)
+import chgnet  # noqa: E402,F401  (installed by the test extra)
+
+from ase import Atoms  # noqa: E402
+
+from bridges.chgnet import build_graph, load  # noqa: E402
+from jaxpto import neighbors as nb  # noqa: E402
+
+E_TOL = 1e-5  # eV/atom
+F_TOL = 1e-4  # eV/A
+S_TOL = 1e-5  # eV/A^3
+
+
+def pbtio3() -> Atoms:
+    a, c = 3.87411, 4.19948
+    frac = [(0, 0, 0), (0.5, 0.5, 0.54), (0.5, 0.5, 0.11), (0.5, 0, 0.62), (0, 0.5, 0.62)]
+    return Atoms("PbTiO3", scaled_positions=frac, cell=np.diag([a, a, c]), pbc=True)
+
+
+def supercell(seed=0) -> Atoms:
+    atoms = pbtio3().repeat((2, 2, 2))
+    atoms.positions += np.random.default_rng(seed).normal(0.0, 0.05, atoms.positions.shape)
+    return atoms
+
+
+def triclinic(seed=1) -> Atoms:
+    atoms = pbtio3().repeat((2, 1, 1))
+    eps = np.array([[0.02, 0.05, -0.03], [0.01, -0.02, 0.04], [0.06, 0.03, 0.01]])
+    atoms.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
+    atoms.positions += np.random.default_rng(seed).normal(0.0, 0.05, atoms.positions.shape)
+    return atoms
+
+
+CELLS = {"unit5": pbtio3, "supercell40": supercell, "triclinic10": triclinic}
+
+
+def engine_edges(atoms_list, cutoff, skin=1.0):
+    """Torch contract inputs from jaxpto's neighbour list (allocate + as_pairs)."""
+    pos = np.stack([a.positions for a in atoms_list])
+    cell = np.stack([np.asarray(a.cell) for a in atoms_list])
+    nbrs = nb.allocate(pos, cell, cutoff, skin=skin)
+    i, j, shifts, mask = nb.as_pairs(nbrs)
+
+    def t(x):
+        return torch.from_numpy(np.array(x))
+
+    return dict(positions=t(pos), cell=t(cell), numbers=torch.tensor(atoms_list[0].numbers, dtype=torch.int64),
+                edge_src=t(i).long(), edge_dst=t(j).long(), edge_shift=t(shifts), edge_mask=t(mask))
+
+
+def call(efs, atoms_list, skin=1.0):
+    e = engine_edges(atoms_list, efs.cutoff, skin)
+    energy, forces, stress = efs(e["positions"], e["cell"], e["numbers"], e["edge_src"], e["edge_dst"],
+                                 e["edge_shift"], e["edge_mask"])
+    return energy.double().numpy(), forces.double().numpy(), stress.double().numpy()
+
+
+def quiet(fn, *args, **kw):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args, **kw)
+
+
+@pytest.fixture(scope="module")
+def efs():
+    return load("chgnet-0.3.0", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def calc():
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    return quiet(CHGNetCalculator, use_device="cpu")
+
+
+def reference(calc, atoms):
+    atoms = atoms.copy()
+    atoms.calc = calc
+    return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+
+
+@pytest.mark.parametrize("cell_name", list(CELLS))
+def test_matches_chgnet_calculator(efs, calc, cell_name):
+    atoms = CELLS[cell_name]()
+    e_ref, f_ref, s_ref = reference(calc, atoms)
+    energy, forces, stress = call(efs, [atoms])
+    n = len(atoms)
+    assert energy.shape == (1,) and forces.shape == (1, n, 3) and stress.shape == (1, 3, 3)
+    assert abs(energy[0] - e_ref) / n < E_TOL
+    assert np.abs(forces[0] - f_ref).max() < F_TOL
+    assert np.abs(stress[0] - s_ref).max() < S_TOL
+    assert np.abs(s_ref).max() > 1e-3  # the cells are stressed: the comparison means something
+
+
+def _edge_key(i, j, img):
+    return (int(i), int(j), tuple(int(x) for x in img))
+
+
+def _graph_sets(src, dst, image, d2u, bond_graph):
+    keys = [_edge_key(i, j, s) for i, j, s in zip(src, dst, image)]
+    edges = set(keys)
+    assert len(edges) == len(keys), "duplicate directed edges"
+    pairs: dict[int, list] = {}
+    for k, u in zip(keys, d2u):
+        pairs.setdefault(int(u), []).append(k)
+    undirected = {frozenset(v) for v in pairs.values()}
+    assert all(len(v) == 2 for v in pairs.values())
+    triplets = [(int(c), keys[d1], keys[d2]) for c, _, d1, _, d2 in bond_graph]
+    for (c, k1, k2), row in zip(triplets, bond_graph):
+        # centre is the source of both bonds; the undirected indices belong to the directed ones
+        assert c == k1[0] == k2[0]
+        assert int(row[1]) == int(d2u[int(row[2])]) and int(row[3]) == int(d2u[int(row[4])])
+    assert len(set(triplets)) == len(triplets), "duplicate angle triplets"
+    return edges, undirected, set(triplets)
+
+
+@pytest.mark.parametrize("cell_name", list(CELLS))
+def test_graph_equals_chgnet_crystal_graph(efs, calc, cell_name):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = CELLS[cell_name]()
+    ref = calc.model.graph_converter(AseAtomsAdaptor.get_structure(atoms))
+    ref_sets = _graph_sets(ref.atom_graph[:, 0].numpy(), ref.atom_graph[:, 1].numpy(),
+                           np.rint(ref.neighbor_image.numpy()), ref.directed2undirected.numpy(),
+                           ref.bond_graph.numpy())
+    e = engine_edges([atoms], efs.cutoff)
+    g = efs.graph(e["positions"], e["cell"], e["edge_src"], e["edge_dst"], e["edge_shift"], e["edge_mask"])
+    mine = _graph_sets(g.src.numpy(), g.dst.numpy(), g.image.numpy(), g.directed2undirected.numpy(),
+                       g.bond_graph.numpy())
+    names = ("directed edges", "undirected pairs", "angle triplets")
+    for name, a, b in zip(names, mine, ref_sets):
+        assert a == b, f"{name}: {len(a - b)} extra, {len(b - a)} missing"
+    assert len(mine[2]) > 0 and g.n_directed == 2 * g.n_undirected
+    # undirected2directed points at one of the undirected bond's own directed edges
+    u2d = g.undirected2directed.numpy()
+    assert np.array_equal(g.directed2undirected.numpy()[u2d], np.arange(g.n_undirected))
+
+
+def test_skin_does_not_change_the_graph(efs):
+    atoms = triclinic()
+    e0 = engine_edges([atoms], efs.cutoff, skin=0.0)
+    e1 = engine_edges([atoms], efs.cutoff, skin=2.0)
+    sets = []
+    for e in (e0, e1):
+        g = efs.graph(e["positions"], e["cell"], e["edge_src"], e["edge_dst"], e["edge_shift"], e["edge_mask"])
+        sets.append(_graph_sets(g.src.numpy(), g.dst.numpy(), g.image.numpy(), g.directed2undirected.numpy(),
+                                g.bond_graph.numpy()))
+    assert sets[0] == sets[1]
+
+
+def test_batched_replicas_equal_single_calls(efs):
+    base = supercell(3)
+    reps = [base.copy() for _ in range(3)]
+    reps[1].positions += np.random.default_rng(7).normal(0.0, 0.05, base.positions.shape)
+    reps[2].set_cell(np.asarray(base.cell) @ (np.eye(3) + [[0.01, 0.02, 0.0], [0.0, -0.01, 0.03],
+                                                            [0.02, 0.0, 0.02]]), scale_atoms=True)
+    energy, forces, stress = call(efs, reps)
+    assert energy.shape == (3,) and forces.shape == (3, len(base), 3) and stress.shape == (3, 3, 3)
+    n = len(base)
+    for r, atoms in enumerate(reps):
+        e1, f1, s1 = call(efs, [atoms])
+        assert abs(energy[r] - e1[0]) / n < 1e-6
+        assert np.abs(forces[r] - f1[0]).max() < 1e-5
+        assert np.abs(stress[r] - s1[0]).max() < 1e-6
+    assert len({round(float(x), 4) for x in energy}) == 3  # the replicas really differ
+
+
+@pytest.mark.parametrize("name,chgnet_name", [("chgnet-0.2.0", "0.2.0"), ("chgnet-r2scan", "r2scan")])
+def test_other_pretrained_models(efs, name, chgnet_name):
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    other = load(name, device="cpu")
+    assert other.name == name
+    assert other.cutoff == other.model.graph_converter.atom_graph_cutoff  # 5 A for 0.2.0, 6 A else
+    atoms = supercell(5)
+    energy, forces, stress = call(other, [atoms])
+    assert np.all(np.isfinite(energy)) and np.all(np.isfinite(forces)) and np.all(np.isfinite(stress))
+    e3, _, _ = call(efs, [atoms])
+    assert abs(energy[0] - e3[0]) > 1e-3  # a different model
+    ref_calc = quiet(CHGNetCalculator, model=quiet(CHGNet.load, model_name=chgnet_name, verbose=False),
+                     use_device="cpu")
+    e_ref, f_ref, s_ref = reference(ref_calc, atoms)
+    assert abs(energy[0] - e_ref) / len(atoms) < E_TOL
+    assert np.abs(forces[0] - f_ref).max() < F_TOL
+    assert np.abs(stress[0] - s_ref).max() < S_TOL
+
+
+def test_float64_model_close_to_float32(efs):
+    atoms = supercell(0)
+    e32, f32, s32 = call(efs, [atoms])
+    e64, f64, s64 = call(load("chgnet-0.3.0", device="cpu", dtype="float64"), [atoms])
+    assert abs(e32[0] - e64[0]) / len(atoms) < 1e-5
+    assert np.abs(f32 - f64).max() < 1e-4 and np.abs(s32 - s64).max() < 1e-5
+
+
+def test_errors(efs):
+    with pytest.raises(ValueError, match="unknown CHGNet model"):
+        load("chgnet-9.9.9")
+    with pytest.raises(ValueError, match="float32 or float64"):
+        load("chgnet-0.3.0", dtype="float16")
+    e = engine_edges([pbtio3()], efs.cutoff)
+    g = efs.graph(e["positions"], e["cell"], e["edge_src"], e["edge_dst"], e["edge_shift"], e["edge_mask"])
+    # Drop one direction of one kept pair: the list is no longer full.
+    mask = e["edge_mask"].clone()
+    mask.view(-1)[int(g.edge_index[0])] = False
+    with pytest.raises(ValueError, match="full list"):
+        build_graph(e["positions"], e["cell"], e["edge_src"], e["edge_dst"], e["edge_shift"], mask,
+                    atom_graph_cutoff=6.0, bond_graph_cutoff=3.0)
+
+
+# ----------------------------------------------------------------------------- through the JAX bridge
+
+
+def _bridge():
+    try:
+        from bridges.torch_bridge import as_jax_model
+    except Exception as exc:  # pragma: no cover - depends on the other bridge module
+        pytest.skip(f"bridges.torch_bridge unavailable: {exc}")
+    return as_jax_model
+
+
+def test_through_jax_bridge_in_jit(efs, calc):
+    import jax
+
+    as_jax_model = _bridge()
+    model = as_jax_model(efs)
+    assert model.cutoff == 6.0 and model.name == "chgnet-0.3.0"
+    atoms = supercell(0)
+    e_ref, f_ref, s_ref = reference(calc, atoms)
+    pos = np.asarray(atoms.positions)[None]
+    cell = np.asarray(atoms.cell)[None]
+    nbrs = nb.allocate(pos, cell, model.cutoff, skin=1.0)
+    numbers = np.asarray(atoms.numbers)
+    out = jax.jit(lambda p, c, n: model(p, c, numbers, n))(pos, cell, nbrs)
+    n = len(atoms)
+    assert abs(float(out.energy[0]) - e_ref) / n < E_TOL
+    assert np.abs(np.asarray(out.forces[0]) - f_ref).max() < F_TOL
+    assert np.abs(np.asarray(out.stress[0]) - s_ref).max() < S_TOL
+
+
+def test_registry_loads_chgnet():
+    try:
+        from bridges.registry import load_model
+    except Exception as exc:  # pragma: no cover - depends on the other bridge modules
+        pytest.skip(f"bridges.registry unavailable: {exc}")
+    model = load_model("chgnet-0.2.0", device="cpu")
+    assert model.name == "chgnet-0.2.0" and model.cutoff == 5.0 and 82 in model.elements
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_nve_conserves_energy_like_ase(efs, calc):
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet as AseVelocityVerlet
+
+    from jaxpto.integrators.verlet import velocity_verlet
+    from jaxpto.simulate import run, state_from_atoms
+    from jaxpto.state import kinetic_energy
+
+    as_jax_model = _bridge()
+    model = as_jax_model(efs)
+    atoms = pbtio3().repeat((2, 1, 1))
+    atoms.positions += np.random.default_rng(11).normal(0.0, 0.03, atoms.positions.shape)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(12))
+    dt, steps = 2.0 * units.fs, 50
+
+    ase_atoms = atoms.copy()
+    ase_atoms.calc = calc
+    ase_etot = []
+    dyn = AseVelocityVerlet(ase_atoms, dt)
+    dyn.attach(lambda: ase_etot.append(ase_atoms.get_total_energy()), interval=1)
+    dyn.run(steps)
+    ase_drift = np.ptp(ase_etot)
+
+    state, force_fn = state_from_atoms(atoms, model)
+    integ = velocity_verlet(force_fn, dt)
+    state = integ.init(state)
+    e0 = float(state.energy[0] + kinetic_energy(state.momenta, state.masses)[0])
+    state, etot = run(integ, state, steps, record_fn=lambda s: s.energy + kinetic_energy(s.momenta, s.masses))
+    etot = np.concatenate([[e0], np.asarray(etot)[:, 0]])
+    jax_drift = np.ptp(etot)
+    assert np.all(np.isfinite(etot))
+    assert abs(etot[0] - ase_etot[0]) < 1e-3
+    # Same trajectory start, same model: fluctuations of the total energy of the same size.
+    print(f"NVE {steps} steps: ptp(E_tot) jaxpto {jax_drift:.2e} eV, ASE {ase_drift:.2e} eV")
+    assert jax_drift < max(3.0 * ase_drift, 2e-3), (jax_drift, ase_drift)
+    # And the trajectories agree for this short run.
+    assert np.abs(np.asarray(state.positions[0]) - ase_atoms.positions).max() < 1e-3
