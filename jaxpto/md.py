@@ -40,9 +40,16 @@ the cache (the others recompute on request; still correct).
 Forces: with a :class:`~jaxpto.calculator.JaxptoCalculator` its model is used directly. ASE's
 ``EMT``, ``LennardJones`` and ``MorsePotential`` are replaced by their JAX twins from
 :mod:`jaxpto.potentials` (same parameters; checked against the ASE calculator on the first
-configuration, falling back to the callback path below if they disagree). Any other ASE
-calculator is called through ``jax.pure_callback`` on a copy of the atoms (correct, slower;
-a warning says so).
+configuration, falling back to the callback path below if they disagree). SevenNet's
+``sevenn.calculator.SevenNetCalculator`` and CHGNet's ``chgnet.model.dynamics.CHGNetCalculator``
+are swapped for jaxpto's torch bridge (:func:`bridges.torch_bridge.as_jax_model`) around the
+*calculator's own, already loaded* torch model (same object, same weights, no second load; see
+:func:`_torch_bridge_efs`), checked against the calculator on the first configuration (energy
+1e-5 eV/atom, forces 1e-4 eV/A, stress 1e-5 eV/A^3: float32 models), falling back to the
+callback path (with a warning saying why) if they disagree. Any other ASE calculator is called
+through ``jax.pure_callback`` on a copy of the atoms (correct, slower; a warning says so). The
+path taken is recorded in ``dyn.force_kind``: ``"jaxpto"``, ``"twin"``, ``"bridge"`` or
+``"callback"``.
 
 Observers that modify the atoms: as ASE, per class. ``VelocityVerlet``, ``Langevin`` and
 ``Bussi`` read the atoms every step in ASE, so changed positions/momenta/cell are re-read into
@@ -112,6 +119,100 @@ def _jax_twin(calc):
         return morse(epsilon=p.get("epsilon", 1.0), r0=p.get("r0", 1.0), rho0=p.get("rho0", 6.0),
                      rcut1=p.get("rcut1", 1.9), rcut2=p.get("rcut2", 2.7))
     return None
+
+
+# Tolerances of the bridge check on the first configuration (float32 torch models).
+BRIDGE_E_TOL, BRIDGE_F_TOL, BRIDGE_S_TOL = 1e-5, 1e-4, 1e-5  # eV/atom, eV/A, eV/A^3
+
+_SEVENNET_CALC_EFS = None  # the class below, built on first use (imports torch and sevenn)
+
+
+def _sevennet_calculator_efs_class():
+    """:class:`bridges.sevenn.SevenNetEFS` around a SevenNetCalculator's loaded network (built lazily)."""
+    global _SEVENNET_CALC_EFS
+    if _SEVENNET_CALC_EFS is not None:
+        return _SEVENNET_CALC_EFS
+    import torch
+    from bridges.sevenn import SevenNetEFS
+
+    class SevenNetCalculatorEFS(SevenNetEFS):
+        """SevenNetEFS on ``calc.model`` itself (no checkpoint load; ``SevenNetEFS.__init__`` only loads).
+
+        ``SevenNetEFS.__call__`` needs exactly the attributes set here. The calculator keeps its
+        network in single-graph mode (``set_is_batch_data(False)``) while the bridge feeds one
+        batched graph, so the mode is switched to batched for the duration of each bridge call and
+        switched back afterwards (the calculator itself keeps working on the same object).
+        """
+
+        def __init__(self, calc):
+            import sevenn._keys as KEY
+
+            self._KEY = KEY
+            self.model = calc.model
+            self.device = torch.device(calc.device)
+            self.dtype = torch.float32
+            self.cutoff = float(calc.cutoff)
+            self.elements = frozenset(int(z) for z in calc.type_map)
+            self._z_known = torch.zeros(128, dtype=torch.bool, device=self.device)
+            self._z_known[torch.tensor(sorted(self.elements), device=self.device)] = True
+            self.modal = calc.modal
+            self.name = "SevenNetCalculator.model" + (f"[{self.modal}]" if self.modal else "")
+
+        def __call__(self, *args):
+            net = self.model
+            previous = bool(getattr(net, "is_batch_data", False))
+            net.set_is_batch_data(True)
+            try:
+                return super().__call__(*args)
+            finally:
+                net.set_is_batch_data(previous)
+
+    _SEVENNET_CALC_EFS = SevenNetCalculatorEFS
+    return SevenNetCalculatorEFS
+
+
+def _torch_bridge_efs(calc):
+    """A torch EFS object (see :mod:`bridges.torch_bridge`) on ``calc``'s already loaded model, or None.
+
+    * ``sevenn.calculator.SevenNetCalculator`` (any checkpoint: 7net-0, 7net-l3i5, 7net-mf-0 with
+      the calculator's ``modal``, ...): ``bridges.sevenn.SevenNetEFS`` can only load a checkpoint,
+      so a subclass reuses ``calc.model`` (the same ``AtomGraphSequential`` object), its
+      ``cutoff``, ``type_map``, ``modal`` and ``device``; float32 (SevenNet's only dtype).
+    * ``chgnet.model.dynamics.CHGNetCalculator``: ``bridges.chgnet.CHGNetEFS(calc.model, ...)``
+      takes a loaded CHGNet directly, on ``calc.device`` in the model's own parameter dtype.
+      (``CHGNetEFS`` puts the model in ``eval()`` mode and freezes its parameters,
+      ``requires_grad=False``; inference, the calculator's own results, is unaffected.)
+
+    Only these exact classes (not subclasses, which may compute something else); the module is
+    looked at first so that neither torch nor the model package is imported for other calculators.
+    """
+    module = type(calc).__module__ or ""
+    if module.startswith("sevenn"):
+        from sevenn.calculator import SevenNetCalculator
+        from sevenn.nn.sequential import AtomGraphSequential
+
+        if type(calc) is not SevenNetCalculator or not isinstance(calc.model, AtomGraphSequential):
+            return None
+        return _sevennet_calculator_efs_class()(calc)
+    if module.startswith("chgnet"):
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        if type(calc) is not CHGNetCalculator:
+            return None
+        from bridges.chgnet import CHGNetEFS
+
+        model = calc.model
+        dtype = next(model.parameters()).dtype
+        version = getattr(model, "version", None)
+        name = f"CHGNetCalculator.model[{version}]" if version else "CHGNetCalculator.model"
+        return CHGNetEFS(model, name=name, device=calc.device, dtype=dtype)
+    return None
+
+
+def _bridge_settings(calc):
+    """What, beyond the model object, makes two calculators of one kind compute the same thing."""
+    return (type(calc), id(getattr(calc, "model", None)), getattr(calc, "modal", None),
+            getattr(calc, "stress_weight", None))
 
 
 def callback_model(calc, template, need_stress: bool) -> Model:
@@ -361,6 +462,19 @@ class _JaxDynamics(IOContext):
         twin = _jax_twin(calc)
         if twin is not None:
             return twin, "twin"
+        try:
+            efs = _torch_bridge_efs(calc)
+        except Exception as exc:  # an unusual model object, ...
+            warnings.warn(f"jaxpto.md: could not put {type(calc).__name__}'s model on the torch bridge "
+                          f"({type(exc).__name__}: {exc}); falling back to the callback", stacklevel=4)
+            efs = None
+        if efs is not None:
+            if any(_bridge_settings(a.calc) != _bridge_settings(calc) for a in self._atoms_list[1:]):
+                warnings.warn(f"jaxpto.md: the replicas' {type(calc).__name__}s do not share one model object "
+                              "and settings; falling back to the callback", stacklevel=4)
+                return None, "callback"
+            from bridges.torch_bridge import as_jax_model
+            return as_jax_model(efs, device=str(efs.device), dtype=efs.dtype), "bridge"
         return None, "callback"
 
     def _build(self):
@@ -376,6 +490,19 @@ class _JaxDynamics(IOContext):
             except Exception:  # elements not covered, ...
                 state = None
             if state is None:
+                kind = "callback"
+        elif kind == "bridge":
+            calc = self._atoms_list[0].calc
+            try:
+                state, force_fn = state_from_atoms(self._atoms_list, model, seed=self.seed, dtype=self.dtype)
+                why = self._bridge_disagreement(state)
+            except Exception as exc:  # elements not covered, ...
+                state, why = None, f"{type(exc).__name__}: {exc}"
+            if why is not None:
+                warnings.warn(f"jaxpto.md: the torch bridge of {type(calc).__name__}'s model does not reproduce the "
+                              f"calculator on the first configuration ({why}); falling back to the callback",
+                              stacklevel=3)
+                state = None
                 kind = "callback"
         if kind == "callback":
             calc = self._atoms_list[0].calc
@@ -401,6 +528,35 @@ class _JaxDynamics(IOContext):
         fj = np.asarray(state.forces[0])
         scale = max(1.0, np.abs(f).max())
         return abs(ej - e) <= tol * max(1.0, abs(e)) and np.abs(fj - f).max() <= tol * scale
+
+    def _bridge_disagreement(self, state):
+        """None if the bridged model equals ``atoms.calc`` on replica 0 as the state holds it, else why not.
+
+        The calculator is evaluated on the state's own (possibly float32-rounded) positions and cell,
+        so only the models are compared. Tolerances: ``BRIDGE_E_TOL`` eV/atom, ``BRIDGE_F_TOL`` eV/A,
+        ``BRIDGE_S_TOL`` eV/A^3 (stress only for a periodic cell).
+        """
+        first = self._atoms_list[0]
+        a = first.copy()
+        a.set_cell(np.asarray(state.cell[0], dtype=float), scale_atoms=False)
+        a.set_positions(np.asarray(state.positions[0], dtype=float))
+        a.calc = first.calc
+        e = a.get_potential_energy()
+        f = a.get_forces()
+        n = len(a)
+        de = abs(float(state.energy[0]) - e) / n
+        df = float(np.abs(np.asarray(state.forces[0], dtype=float) - f).max()) if n else 0.0
+        problems = []
+        if not (de <= BRIDGE_E_TOL):
+            problems.append(f"|dE| = {de:.2e} eV/atom > {BRIDGE_E_TOL:g}")
+        if not (df <= BRIDGE_F_TOL):
+            problems.append(f"max |dF| = {df:.2e} eV/A > {BRIDGE_F_TOL:g}")
+        if a.cell.rank == 3 and all(a.pbc):
+            s = a.get_stress(voigt=False)
+            ds = float(np.abs(np.asarray(state.stress[0], dtype=float) - s).max())
+            if not (ds <= BRIDGE_S_TOL):
+                problems.append(f"max |dS| = {ds:.2e} eV/A^3 > {BRIDGE_S_TOL:g}")
+        return "; ".join(problems) if problems else None
 
     def _write_back(self):
         s = self._state

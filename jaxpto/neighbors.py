@@ -28,6 +28,13 @@ list re-allocated by :func:`reallocate`; pairs are never silently dropped.
 Two build paths, chosen when the list is allocated: all pairs over periodic
 images (any cell, including cells smaller than twice the cutoff) and a cell
 list for large periodic systems.
+
+Why not jax-md's ``partition`` module: its periodic displacements use the
+minimum-image convention, so a cell smaller than twice the cutoff (5-atom
+PbTiO3 cells, phonopy supercells, ASE's 1-4 atom test cells) loses the pairs
+with the second and further images, and it reports overflow without the image
+range; this module enumerates every image within ``cutoff + skin`` and counts
+the image range as part of the capacity.
 """
 
 from __future__ import annotations

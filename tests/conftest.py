@@ -1,17 +1,17 @@
 """Shared test fixtures. Every test runs in float64 (JAX x64) unless it says otherwise."""
 
 import os
-import tempfile
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
-# Many tests compile the same programs from different closures; the persistent cache
-# (keyed by the compiled program, not the Python object) makes the repeats free.
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("JAXPTO_TEST_JIT_CACHE", os.path.join(tempfile.gettempdir(), "jaxpto-jit-cache")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Opt-in persistent compilation cache for repeated local runs (JAXPTO_TEST_JIT_CACHE=<dir>).
+# Off by default: a cache directory shared by concurrent processes crashed a run here
+# (segfault inside jax's cache writer), and CI runs cold anyway.
+if os.environ.get("JAXPTO_TEST_JIT_CACHE"):
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAXPTO_TEST_JIT_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
