@@ -131,6 +131,19 @@ def _compact_row(mask_row, values, capacity, fill):
     return out
 
 
+def _rows_in_blocks(one_atom, n, capacity, block):
+    """Run ``one_atom(i) -> (idx [K], shifts [K,3], count)`` for all atoms, ``block`` atoms at a time.
+
+    Blocks bound the temporary ``[block, candidates]`` arrays; padding atoms repeat atom 0
+    and are cut off again.
+    """
+    atoms = jnp.arange(n, dtype=jnp.int32)
+    pad = (-n) % block
+    atoms = jnp.concatenate([atoms, jnp.zeros(pad, jnp.int32)]).reshape(-1, block)
+    idx, sh, counts = jax.lax.map(jax.vmap(one_atom), atoms)
+    return idx.reshape(-1, capacity)[:n], sh.reshape(-1, capacity, 3)[:n], counts.reshape(-1)[:n]
+
+
 # ----------------------------------------------------------------------------
 # Build: all pairs over periodic images (any cell)
 # ----------------------------------------------------------------------------
@@ -159,13 +172,7 @@ def _build_all_pairs(positions, cell, *, rmax, capacity, images, pbc, block):
         idx, sh = _compact_row(mask, (j_of, shift), capacity, (n, 0.0))
         return idx, sh, jnp.sum(mask).astype(jnp.int32)
 
-    atoms = jnp.arange(n, dtype=jnp.int32)
-    pad = (-n) % block
-    atoms = jnp.concatenate([atoms, jnp.zeros(pad, jnp.int32)]).reshape(-1, block)
-    idx, sh, counts = jax.lax.map(jax.vmap(one_atom), atoms)
-    idx = idx.reshape(-1, capacity)[:n]
-    sh = sh.reshape(-1, capacity, 3)[:n]
-    counts = counts.reshape(-1)[:n]
+    idx, sh, counts = _rows_in_blocks(one_atom, n, capacity, block)
     return idx, sh, counts, jnp.asarray(False)
 
 
@@ -218,13 +225,7 @@ def _build_cell_list(positions, cell, *, rmax, capacity, grid, bin_capacity, blo
         idx, sh = _compact_row(mask, (cand, shift), capacity, (n, 0.0))
         return idx, sh, jnp.sum(mask).astype(jnp.int32)
 
-    atoms = jnp.arange(n, dtype=jnp.int32)
-    pad = (-n) % block
-    atoms = jnp.concatenate([atoms, jnp.zeros(pad, jnp.int32)]).reshape(-1, block)
-    idx, sh, counts = jax.lax.map(jax.vmap(one_atom), atoms)
-    idx = idx.reshape(-1, capacity)[:n]
-    sh = sh.reshape(-1, capacity, 3)[:n]
-    counts = counts.reshape(-1)[:n]
+    idx, sh, counts = _rows_in_blocks(one_atom, n, capacity, block)
     # Bins must stay at least rmax high along every direction for the 27-bin stencil.
     heights = 1.0 / jnp.linalg.norm(inv.T, axis=-1)
     grid_too_fine = jnp.any(heights / grid_arr.astype(dtype) < rmax)

@@ -53,3 +53,29 @@ def cu_atoms():
     atoms.set_cell(cell, scale_atoms=True)
     atoms.rattle(0.05, seed=1)
     return atoms
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test file.
+
+    Each XLA CPU executable keeps a few memory mappings; the whole suite compiles thousands
+    of programs in one process, and a run crashed inside XLA's compiler (segfault) once the
+    process had accumulated them. Clearing JAX's caches (and jaxpto's, which hold jitted
+    functions) between files keeps the process far below the kernel's map limit.
+    """
+    yield
+    import gc
+
+    from jaxpto import simulate, state
+
+    simulate._chunk_fn.cache_clear()
+    state.make_force_fn.cache_clear()
+    try:
+        from jaxpto import md
+
+        md.chunk_program.cache_clear()
+    except (ImportError, AttributeError):
+        pass
+    jax.clear_caches()
+    gc.collect()
