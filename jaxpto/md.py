@@ -122,7 +122,12 @@ def _jax_twin(calc):
 
 
 # Tolerances of the bridge check on the first configuration (float32 torch models).
-BRIDGE_E_TOL, BRIDGE_F_TOL, BRIDGE_S_TOL = 1e-5, 1e-4, 1e-5  # eV/atom, eV/A, eV/A^3
+# Tolerances of the first-configuration check of a bridged model against its own calculator
+# (eV/atom, eV/A, eV/A^3). They catch a wrong model (other weights or head: differences of
+# 1e-2 eV/atom and more), not float32 noise: the bridge forms float32 edge vectors from
+# float32 absolute positions while the calculators form them in float64 and then round, which
+# for the 625-atom PbTiO3 box (20 A) gave |dE| = 2.7e-5 eV/atom with 7net-0 (measured).
+BRIDGE_E_TOL, BRIDGE_F_TOL, BRIDGE_S_TOL = 2e-4, 2e-3, 5e-5
 
 _SEVENNET_CALC_EFS = None  # the class below, built on first use (imports torch and sevenn)
 
