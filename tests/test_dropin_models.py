@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from ase import Atoms, units
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (a core dependency)
 
 POS_TOL = 1e-4  # A, after 10 steps (float32 models)
 
@@ -39,11 +39,9 @@ def calculator(kind):
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             if kind == "sevenn":
-                pytest.importorskip("sevenn")
                 from sevenn.calculator import SevenNetCalculator
                 _calcs[kind] = SevenNetCalculator("7net-0", device="cpu")
             else:
-                pytest.importorskip("chgnet")
                 from chgnet.model import CHGNet
                 from chgnet.model.dynamics import CHGNetCalculator
                 model = CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
