@@ -23,9 +23,9 @@ from scipy.special import exprel as scipy_exprel
 from jaxpto.calculator import JaxptoCalculator
 from jaxpto.integrators.mtk import exprel, isotropic_mtk_npt, mtk_conserved_energy, mtk_npt
 from jaxpto.state import create_state
+from ase_reference import CHUNK, N_CHUNKS, compare, max_rel, run_ase, run_jaxpto  # noqa: E402
 
 DT = 1.0 * units.fs
-N_CHUNKS, CHUNK = 5, 100
 TOL = 1e-8
 TDAMP, PDAMP = 50 * units.fs, 100 * units.fs
 
@@ -38,53 +38,6 @@ def thermalised(atoms, T, seed):
     thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
     thermalize(atoms, temperature_K=T, rng=np.random.default_rng(seed))
     return atoms
-
-
-def max_rel(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-_RUNNERS = {}
-
-
-def run_jaxpto(integrator, state):
-    """500 steps in one compiled program: an outer scan over 5 chunks of an inner scan of 100 steps.
-
-    One jitted runner per integrator, so runs with other parameters (same shapes) reuse the program.
-    """
-    if integrator not in _RUNNERS:
-        _RUNNERS[integrator] = _make_runner(integrator)
-    final, snaps = _RUNNERS[integrator](state)
-    assert not bool(jnp.any(final.neighbors.did_overflow | final.neighbors.layout_bad))
-    return final, [np.asarray(x) for x in snaps]
-
-
-def _make_runner(integrator):
-    def chunk(s, _):
-        s = jax.lax.scan(lambda c, _: (integrator.step(c), None), s, None, length=CHUNK)[0]
-        return s, (s.positions, s.momenta, s.cell, mtk_conserved_energy(s))
-
-    return jax.jit(lambda s: jax.lax.scan(chunk, s, None, length=N_CHUNKS))
-
-
-def run_ase(dyn, atoms):
-    snaps = [], [], [], []
-    for _ in range(N_CHUNKS):
-        dyn.run(CHUNK)
-        for lst, x in zip(snaps, (atoms.positions, atoms.get_momenta(), atoms.cell.array,
-                                  dyn.get_conserved_energy())):
-            lst.append(np.array(x))
-    return [np.asarray(x) for x in snaps]
-
-
-def compare(jax_snaps, ref_snaps, replica=0):
-    """Max relative deviation of positions, momenta, cell over the checkpoints; max |dE_conserved| (eV)."""
-    worst = {}
-    for name, k in (("positions", 0), ("momenta", 1), ("cell", 2)):
-        worst[name] = max(max_rel(jax_snaps[k][c, replica], ref_snaps[k][c]) for c in range(N_CHUNKS))
-    worst["conserved_eV"] = float(np.abs(jax_snaps[3][:, replica] - ref_snaps[3]).max())
-    return worst
 
 
 def make_integrator(kind, force_fn, mask=None, **chains):
@@ -126,7 +79,7 @@ def test_npt_equals_ase(lj_model, cu_atoms, kind, mask, pressure_gpa, chains):
     integ = make_integrator(kind, force_fn, mask=mask, **chains)
     state = integ.init(state, temperature_K=T, pressure_au=P, tdamp=TDAMP, pdamp=PDAMP)
     e0 = float(mtk_conserved_energy(state)[0])
-    final, snaps = run_jaxpto(integ, state)
+    final, snaps = run_jaxpto(integ, state, mtk_conserved_energy)
 
     ase_atoms = atoms.copy()
     ase_atoms.calc = JaxptoCalculator(lj_model)
@@ -169,12 +122,12 @@ def test_npt_replicas_equal_separate_runs(lj_model, cu_atoms, kind, mask):
 
     integ, state = build(replicas)
     state = integ.init(state, temperature_K=temps, pressure_au=pressures, tdamp=tdamps, pdamp=pdamps)
-    _, batched = run_jaxpto(integ, state)
+    _, batched = run_jaxpto(integ, state, mtk_conserved_energy)
     for r, atoms in enumerate(replicas):
         integ1, state1 = build([atoms])
         state1 = integ1.init(state1, temperature_K=temps[r], pressure_au=pressures[r], tdamp=tdamps[r],
                              pdamp=pdamps[r])
-        _, single = run_jaxpto(integ1, state1)
+        _, single = run_jaxpto(integ1, state1, mtk_conserved_energy)
         worst = compare(batched, [x[:, 0] for x in single], replica=r)
         print(f"\n{kind} replica {r} vs separate run: {worst}")
         assert max(worst["positions"], worst["momenta"], worst["cell"]) <= 1e-10, worst
