@@ -20,10 +20,51 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "chgnet-0.3.0": ("chgnet", "CHGNet 0.3.0 (MPtrj)"),
     "chgnet-0.2.0": ("chgnet", "CHGNet 0.2.0 (MPtrj)"),
     "chgnet-r2scan": ("chgnet", "CHGNet r2SCAN fine-tune"),
+    "mace-mp-0b-medium": ("mace", "MACE-MP-0b medium (mace_agnesi_medium.model; downloaded by mace-torch)"),
+    "orb-v2": ("orb", "ORB v2, direct forces (downloaded by orb-models)"),
+    "m3gnet-mp-2021.2.8-pes": ("matgl", "M3GNet-MP-2021.2.8-PES (downloaded by matgl)"),
     "emt": ("jax", "JAX-native EMT (ASE's EMT parameters)"),
     "lj": ("jax", "JAX-native Lennard-Jones (ASE's LennardJones; kwargs sigma, epsilon, rc, ...)"),
 }
-FAMILIES = ("sevenn", "chgnet", "jax")
+# Torch families: each has a module ``bridges.<family>`` with
+#   load(name_or_path, *, device, dtype, **kw) -> torch EFS object (see bridges.torch_bridge)
+#   looks_like(path) -> bool          (optional: is this file a checkpoint of this family?)
+#   efs_from_calculator(calc) -> EFS | None   (optional: reuse an ASE calculator's loaded model)
+TORCH_FAMILIES = ("sevenn", "chgnet", "mace", "orb", "matgl", "deepmd")
+FAMILIES = TORCH_FAMILIES + ("jax",)
+
+
+def register(name: str, family: str, description: str) -> None:
+    """Add a named model (bridge modules call this for their extra names)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known families: {', '.join(FAMILIES)}")
+    KNOWN_MODELS[name.lower()] = (family, description)
+
+
+def family_module(family: str):
+    """The ``bridges.<family>`` module (imported lazily: each imports its model package)."""
+    import importlib
+
+    if family not in TORCH_FAMILIES:
+        raise ValueError(f"{family!r} is not a torch model family; torch families: {', '.join(TORCH_FAMILIES)}")
+    return importlib.import_module(f"bridges.{family}")
+
+
+def detect_family(path: str) -> str | None:
+    """The family of a checkpoint file, from each bridge module's ``looks_like(path)``, or None."""
+    for fam in TORCH_FAMILIES:
+        try:
+            mod = family_module(fam)
+        except ImportError:  # package of that family not installed
+            continue
+        looks_like = getattr(mod, "looks_like", None)
+        if looks_like is not None:
+            try:
+                if looks_like(path):
+                    return fam
+            except Exception:
+                continue
+    return None
 
 
 def known_models() -> list[str]:
@@ -57,15 +98,7 @@ def _load_torch(family: str, name: str, device, dtype, kw) -> "Model":
 
     dev = _default_torch_device(device)
     tdt = _torch_dtype(dtype)
-    if family == "sevenn":
-        from bridges import sevenn
-        efs = sevenn.load(name, device=dev, dtype=tdt, **kw)
-    elif family == "chgnet":
-        import importlib
-        chgnet = importlib.import_module("bridges.chgnet")  # written separately; imported lazily
-        efs = chgnet.load(name, device=dev, dtype=tdt, **kw)
-    else:  # pragma: no cover - guarded by the callers
-        raise ValueError(f"unknown torch family {family!r}")
+    efs = family_module(family).load(name, device=dev, dtype=tdt, **kw)
     return as_jax_model(efs, device=dev, dtype=tdt)
 
 
@@ -110,8 +143,12 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
             return potentials.lennard_jones(**kw)
         return _load_torch(fam, key, device, dtype, kw)
     if os.path.isfile(name_or_path):
-        if family in (None, "jax"):
-            raise ValueError(f"{name_or_path!r} is a file: give family='sevenn' or family='chgnet' to load it")
-        return _load_torch(family, name_or_path, device, dtype, kw)
+        if family == "jax":
+            raise ValueError(f"{name_or_path!r} is a file; the JAX-native potentials are loaded by name")
+        fam = family or detect_family(name_or_path)
+        if fam is None:
+            raise ValueError(f"cannot tell which model family {name_or_path!r} belongs to: give "
+                             f"family= one of {', '.join(TORCH_FAMILIES)}")
+        return _load_torch(fam, name_or_path, device, dtype, kw)
     listing = "\n".join(f"  {n:<14} {d}" for n, (_, d) in KNOWN_MODELS.items())
     raise ValueError(f"unknown model {name_or_path!r} (and no such file). Known models:\n{listing}")

@@ -211,6 +211,13 @@ def _torch_bridge_efs(calc):
         version = getattr(model, "version", None)
         name = f"CHGNetCalculator.model[{version}]" if version else "CHGNetCalculator.model"
         return CHGNetEFS(model, name=name, device=calc.device, dtype=dtype)
+    # MACE, ORB, matgl, DeePMD: each bridge module knows its own calculator classes.
+    for prefix, family in (("mace", "mace"), ("orb_models", "orb"), ("matgl", "matgl"), ("deepmd", "deepmd")):
+        if module.startswith(prefix):
+            from bridges.registry import family_module
+
+            hook = getattr(family_module(family), "efs_from_calculator", None)
+            return None if hook is None else hook(calc)
     return None
 
 
