@@ -23,6 +23,10 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "mace-mp-0b-medium": ("mace", "MACE-MP-0b medium (mace_agnesi_medium.model; downloaded by mace-torch)"),
     "orb-v2": ("orb", "ORB v2, direct forces (downloaded by orb-models)"),
     "m3gnet-mp-2021.2.8-pes": ("matgl", "M3GNet-MP-2021.2.8-PES (downloaded by matgl)"),
+    "m3gnet-pes-matpes-pbe-2025.2": ("matgl", "M3GNet MatPES PBE 2025.2 (downloaded by matgl)"),
+    "m3gnet-pes-matpes-r2scan-2025.2": ("matgl", "M3GNet MatPES r2SCAN 2025.2 (downloaded by matgl)"),
+    "tensornet-pes-matpes-pbe-2025.2": ("matgl", "TensorNet MatPES PBE 2025.2 (downloaded by matgl)"),
+    "tensornet-pes-matpes-r2scan-2025.2": ("matgl", "TensorNet MatPES r2SCAN 2025.2 (downloaded by matgl)"),
     "emt": ("jax", "JAX-native EMT (ASE's EMT parameters)"),
     "lj": ("jax", "JAX-native Lennard-Jones (ASE's LennardJones; kwargs sigma, epsilon, rc, ...)"),
 }
@@ -142,13 +146,13 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
                 return potentials.emt(**kw)
             return potentials.lennard_jones(**kw)
         return _load_torch(fam, key, device, dtype, kw)
-    if os.path.isfile(name_or_path):
+    if os.path.isfile(name_or_path) or os.path.isdir(name_or_path):  # matgl saves a directory
         if family == "jax":
-            raise ValueError(f"{name_or_path!r} is a file; the JAX-native potentials are loaded by name")
+            raise ValueError(f"{name_or_path!r} is a file or directory; the JAX-native potentials are loaded by name")
         fam = family or detect_family(name_or_path)
         if fam is None:
             raise ValueError(f"cannot tell which model family {name_or_path!r} belongs to: give "
                              f"family= one of {', '.join(TORCH_FAMILIES)}")
         return _load_torch(fam, name_or_path, device, dtype, kw)
     listing = "\n".join(f"  {n:<14} {d}" for n, (_, d) in KNOWN_MODELS.items())
-    raise ValueError(f"unknown model {name_or_path!r} (and no such file). Known models:\n{listing}")
+    raise ValueError(f"unknown model {name_or_path!r} (and no such file or directory). Known models:\n{listing}")

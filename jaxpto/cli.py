@@ -1,13 +1,110 @@
 """The ``jaxpto`` command line.
 
-``jaxpto verify``  checks every integrator against ASE step for step (float64)
-and prints/writes the table; it runs offline on a CPU in a minute or two.
+* ``jaxpto pto-test``: the whole PTO-test (static, phonons, NPT sweep, NVT polarization, speed)
+  for one or more models, writing ``OUT/results.json``, figures and ``OUT/report.md``;
+  ``--quick`` runs a small protocol on a laptop CPU; without ``--model`` it uses CHGNet 0.3.0,
+  whose weights ship with the chgnet package (offline).
+* ``jaxpto relax | phonons | npt-sweep | nvt-polarization``: one part each, same options and the
+  same ``results.json``.
+* ``jaxpto verify``: every integrator against ASE, step for step, in float64.
+
+Running the same command again resumes: finished parts are kept, interrupted sweeps continue.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+PART_COMMANDS = {"relax": ("static",), "phonons": ("static", "phonons"), "npt-sweep": ("npt",),
+                 "nvt-polarization": ("nvt",)}
+
+
+def _floats(text: str) -> tuple:
+    try:
+        vals = tuple(float(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one temperature")
+    return vals
+
+
+def _add_pto_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", default=None,
+                   help="model name or checkpoint path (repeat for several models; default chgnet-0.3.0). "
+                        "`python -c 'import jaxpto; print(jaxpto.known_models())'` lists the names")
+    p.add_argument("--out", default="pto-test", help="output directory (default ./pto-test)")
+    p.add_argument("--quick", action="store_true",
+                   help="small protocol for a laptop CPU (40 atoms, 300/600/900 K, 200 steps); every output, "
+                        "indicative numbers")
+    p.add_argument("--temperatures", type=_floats, help="temperatures in K, e.g. 300,400,500 (default 300..1000 by 100)")
+    p.add_argument("--steps", type=int, help="MD steps per sweep (default 50000)")
+    p.add_argument("--supercell", type=int, help="supercell repetitions n (n^3 cells; default 5 = 625 atoms)")
+    p.add_argument("--timestep", type=float, help="time step in fs (default 2)")
+    p.add_argument("--average-last-ps", type=float, help="averaging window in ps (default 50)")
+    p.add_argument("--ttime", type=float, help="NPT thermostat time in fs (default 25)")
+    p.add_argument("--pfactor", type=float, help="NPT barostat pfactor in ASE units (default 75.0**2*units.fs)")
+    p.add_argument("--friction", type=float, help="Langevin friction in 1/fs (default 0.01)")
+    p.add_argument("--charges", choices=["study", "zhong1994"], help="Born charges for the polarization")
+    p.add_argument("--chunk-steps", type=int, help="steps per compiled chunk = checkpoint interval (default 500)")
+    p.add_argument("--record-every", type=int, help="record observables every this many steps (default 10)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--fmax", type=float, help="relaxation force threshold in eV/A (default 1e-3)")
+    p.add_argument("--ase-steps", type=int, help="ASE NPT steps timed for the speed comparison (default 200)")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help="engine float type (default float32; float64 needs JAX_ENABLE_X64=1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _protocol(args):
+    import dataclasses
+
+    from jaxpto.workflows.pto_test import quick_protocol, study_protocol
+
+    base = quick_protocol() if args.quick else study_protocol()
+    sweep_kw = {}
+    for arg, field in (("temperatures", "temperatures_k"), ("steps", "steps"), ("supercell", "supercell"),
+                       ("timestep", "timestep_fs"), ("average_last_ps", "average_last_ps"), ("ttime", "ttime_fs"),
+                       ("pfactor", "pfactor"), ("friction", "friction_per_fs"), ("charges", "charges"),
+                       ("chunk_steps", "chunk_steps"), ("record_every", "record_every"), ("seed", "seed")):
+        v = getattr(args, arg)
+        if v is not None:
+            sweep_kw[field] = v
+    top = {}
+    if args.fmax is not None:
+        top["fmax"] = args.fmax
+    if args.ase_steps is not None:
+        top["ase_steps"] = args.ase_steps
+    if sweep_kw.get("steps") is not None and "chunk_steps" not in sweep_kw:
+        # keep the chunk a divisor-friendly size for short runs
+        sweep_kw["chunk_steps"] = min(base.npt.chunk_steps, sweep_kw["steps"])
+    return dataclasses.replace(base, npt=dataclasses.replace(base.npt, **sweep_kw),
+                               nvt=dataclasses.replace(base.nvt, **sweep_kw), **top)
+
+
+def _run_pto(args, parts, parser) -> int:
+    import numpy as np
+
+    from jaxpto.workflows.pto_test import DEFAULT_MODEL, run_pto_test
+
+    try:
+        protocol = _protocol(args)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    dtype = None
+    if args.dtype == "float64":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+        dtype = np.float64
+    elif args.dtype == "float32":
+        dtype = np.float32
+    models = args.model or [DEFAULT_MODEL]
+    data = run_pto_test(models, args.out, protocol, parts=parts, progress=not args.no_progress, dtype=dtype)
+    print(f"results: {args.out}/results.json, report: {args.out}/report.md")
+    return 0 if data["models"] else 1
 
 
 def main(argv=None) -> int:
@@ -19,6 +116,13 @@ def main(argv=None) -> int:
     v.add_argument("--no-native-ase-emt", action="store_true",
                    help="skip the second comparison against ASE's own EMT calculator")
     v.add_argument("--out", default="jaxpto-verify.json", help="JSON results file")
+    pto = sub.add_parser("pto-test", help="the PbTiO3 benchmark of Li et al. (2025): static, phonons, NPT, NVT, speed")
+    _add_pto_options(pto)
+    pto.add_argument("--parts", default="static,phonons,npt,nvt,speed",
+                     help="comma-separated parts to run (default all: static,phonons,npt,nvt,speed)")
+    for cmd, parts in PART_COMMANDS.items():
+        sp = sub.add_parser(cmd, help=f"PTO-test part(s): {', '.join(parts)}")
+        _add_pto_options(sp)
     args = parser.parse_args(argv)
     if args.command == "verify":
         if args.steps < 1 or args.size < 1:
@@ -27,7 +131,15 @@ def main(argv=None) -> int:
 
         res = verify(steps=args.steps, size=args.size, native_ase_emt=not args.no_native_ase_emt, out=args.out)
         return 0 if res["passed"] else 1
-    return 2
+    if args.command == "pto-test":
+        parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+        from jaxpto.workflows.pto_test import PARTS
+
+        bad = [p for p in parts if p not in PARTS]
+        if bad:
+            parser.error(f"unknown part(s) {bad}; choose from {', '.join(PARTS)}")
+        return _run_pto(args, parts, parser)
+    return _run_pto(args, PART_COMMANDS[args.command], parser)
 
 
 if __name__ == "__main__":

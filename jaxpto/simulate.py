@@ -69,6 +69,11 @@ def run_chunk(integrator: Integrator, state: MDState, n_steps: int, record_fn=No
         nbrs = new_state.neighbors
         if nbrs is None or not bool(jnp.any(nbrs.did_overflow)):
             return new_state, records
+        # A replica that blew up (non-finite positions) overflows its list; re-running cannot
+        # help it, and the caller drops it. Re-run only for overflows of healthy replicas.
+        blown = ~jnp.all(jnp.isfinite(new_state.positions), axis=(1, 2))
+        if not bool(jnp.any(nbrs.did_overflow & ~blown)):
+            return new_state, records
         # Re-allocate for the chunk's starting configuration, sized for what the failed chunk
         # met (its neighbour count and its deformed cell, with growing head-room), and take
         # the chunk again from its start.

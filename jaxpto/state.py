@@ -205,3 +205,32 @@ _evaluate_jit = jax.jit(evaluate, static_argnums=1)
 def default_dtype():
     """float64 when JAX's x64 mode is on, float32 otherwise (the fast GPU default)."""
     return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.float32)
+
+
+def take_replicas(state: MDState, keep) -> MDState:
+    """The state of the replicas ``keep`` (indices or a boolean mask), e.g. to drop one that blew up.
+
+    Every array of the state is per replica (leading axis ``R``) except ``masses``, ``numbers``
+    and ``step``; this holds for the neighbour list and for every integrator's variables and
+    parameters (they store per-replica temperatures, pressures, couplings as ``[R]`` arrays).
+    """
+    R = state.n_replicas
+    keep = np.asarray(keep)
+    idx = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+    if idx.size == 0:
+        raise ValueError("take_replicas: no replica left")
+    if idx.min() < 0 or idx.max() >= R:
+        raise ValueError(f"take_replicas: indices {idx.tolist()} out of range for {R} replicas")
+
+    def take(leaf):
+        if not hasattr(leaf, "shape") or leaf.ndim == 0 or leaf.shape[0] != R:
+            raise ValueError(f"take_replicas: a per-replica array has shape {getattr(leaf, 'shape', None)}, "
+                             f"expected leading axis {R}")
+        return jnp.asarray(leaf)[idx]
+
+    per = dict(positions=state.positions, momenta=state.momenta, cell=state.cell, energy=state.energy,
+               forces=state.forces, stress=state.stress, key=state.key)
+    new = {k: take(v) for k, v in per.items()}
+    new["neighbors"] = None if state.neighbors is None else jax.tree_util.tree_map(take, state.neighbors)
+    new["integrator"] = None if state.integrator is None else jax.tree_util.tree_map(take, state.integrator)
+    return state.replace(**new)

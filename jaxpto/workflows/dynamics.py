@@ -1,0 +1,437 @@
+"""Temperature sweeps of the PTO-test: every temperature a replica of ONE batched, compiled program.
+
+* NPT (the study's ``ase.md.npt.NPT``, i.e. Melchionna / Nose-Hoover + Parrinello-Rahman):
+  ``ttime = 25 fs``, ``pfactor = 75.0**2 * units.fs`` (as the study wrote it, ~552 in ASE units),
+  ``mask = eye(3)``, external stress 0; lattice constants = box lengths / n averaged over the last
+  50 ps, sorted ``a <= b <= c``.
+* NVT (``ase.md.langevin.Langevin``): friction 0.01/fs at the fixed experimental cell
+  (a = 3.904, c = 4.152 A); Born-charge polarization (:mod:`jaxpto.workflows.polarization`)
+  averaged over the last 50 ps.
+
+Both start from the study's polar supercell with Maxwell-Boltzmann momenta at each temperature,
+time step 2 fs, 50,000 steps, 300-1000 K. Units are ASE's at the boundary (K, fs given as
+``*_fs`` fields, Angstrom, eV).
+
+Long runs: the run goes in compiled chunks; after each chunk the host records the observables,
+checks every replica (a replica that blows up or melts is flagged and dropped from the batch,
+the others go on), writes an atomic checkpoint, and updates the progress line. Running the same
+sweep again with the same checkpoint file resumes after the last finished chunk; the chunks are
+the same compiled program with the same per-replica random streams, so a resumed run equals an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import sys
+import time
+import warnings
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import units
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+from jaxpto.model import Model
+from jaxpto.state import MDState, take_replicas, temperature_K
+from jaxpto.workflows import phase as phase_mod
+from jaxpto.workflows.polarization import born_charges, find_cell_topology, mean_polarization
+from jaxpto.workflows.structures import MD_A, MD_C, NVT_A, NVT_C, POLAR_SHIFTS, polar_supercell
+
+STUDY_TEMPERATURES = tuple(float(t) for t in range(300, 1001, 100))
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepProtocol:
+    """One temperature sweep (defaults: the study's NPT protocol; see :func:`study_nvt`)."""
+
+    ensemble: str = "npt"  # "npt" (Melchionna) or "nvt" (Langevin)
+    temperatures_k: tuple = STUDY_TEMPERATURES
+    supercell: int = 5
+    a: float = MD_A  # Angstrom, starting pseudo-cubic a (NVT: the fixed cell)
+    c: float = MD_C
+    shifts: tuple = POLAR_SHIFTS  # polar start: dz of Ti, apical O, equatorial O (fractions of c)
+    steps: int = 50_000
+    timestep_fs: float = 2.0
+    record_every: int = 10
+    average_last_ps: float = 50.0
+    ttime_fs: float = 25.0
+    pfactor: float = 75.0**2 * units.fs  # ASE units, as the study wrote it
+    friction_per_fs: float = 0.01
+    charges: str = "study"
+    seed: int = 0
+    chunk_steps: int = 500
+    skin: float = 1.0
+
+    def __post_init__(self):
+        if self.ensemble not in ("npt", "nvt"):
+            raise ValueError(f"ensemble must be 'npt' or 'nvt', got {self.ensemble!r}")
+        temps = tuple(float(t) for t in self.temperatures_k)
+        object.__setattr__(self, "temperatures_k", temps)
+        object.__setattr__(self, "shifts", tuple(float(s) for s in self.shifts))
+        if not temps or any(not np.isfinite(t) or t <= 0 for t in temps):
+            raise ValueError(f"temperatures must be positive, got {temps}")
+        for name in ("steps", "record_every", "chunk_steps", "supercell"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps % self.record_every or self.chunk_steps % self.record_every:
+            raise ValueError(f"steps ({self.steps}) and chunk_steps ({self.chunk_steps}) must be multiples "
+                             f"of record_every ({self.record_every})")
+        if self.timestep_fs <= 0 or self.average_last_ps <= 0:
+            raise ValueError("timestep_fs and average_last_ps must be positive")
+        born_charges(self.charges)  # validates the name
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["temperatures_k"] = list(self.temperatures_k)
+        d["shifts"] = list(self.shifts)
+        return d
+
+    def fingerprint(self, model_name: str) -> str:
+        blob = json.dumps({"protocol": self.to_dict(), "model": model_name, "v": CHECKPOINT_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def study_npt(**overrides) -> SweepProtocol:
+    """The study's NPT sweep (Melchionna, 625 atoms, 300-1000 K, 100 ps)."""
+    return SweepProtocol(**{"ensemble": "npt", **overrides})
+
+
+def study_nvt(**overrides) -> SweepProtocol:
+    """The study's NVT sweep (Langevin 0.01/fs at a = 3.904, c = 4.152 A)."""
+    return SweepProtocol(**{"ensemble": "nvt", "a": NVT_A, "c": NVT_C, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+# ---------------------------------------------------------------------------------------------
+
+
+def _initial(model: Model, p: SweepProtocol, dtype):
+    from jaxpto.integrators import langevin, melchionna_npt
+    from jaxpto.simulate import state_from_atoms
+
+    atoms0 = polar_supercell(p.supercell, p.a, p.c, p.shifts)
+    model.check_elements(atoms0.numbers) if hasattr(model, "check_elements") else None
+    replicas = []
+    for i, T in enumerate(p.temperatures_k):
+        at = atoms0.copy()
+        with warnings.catch_warnings():  # ASE 3.29 renamed it; the study called this one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            MaxwellBoltzmannDistribution(at, temperature_K=T, rng=np.random.default_rng([p.seed, i]))
+        replicas.append(at)
+    state, force_fn = state_from_atoms(replicas, model, seed=p.seed, skin=p.skin, dtype=dtype)
+    dt = p.timestep_fs * units.fs
+    if p.ensemble == "npt":
+        integ = melchionna_npt(force_fn, dt, mask=np.eye(3))
+        state = integ.init(state, list(p.temperatures_k), ttime=p.ttime_fs * units.fs, pfactor=p.pfactor,
+                           externalstress=0.0)
+    else:
+        integ = langevin(force_fn, dt, fixcm=True)
+        state = integ.init(state, list(p.temperatures_k), p.friction_per_fs / units.fs)
+    return atoms0, state, integ
+
+
+def _site_rms_jax(positions, cell, ref_scaled):
+    """JAX twin of :func:`jaxpto.workflows.phase.site_rms_displacement` for [R,N,3] / [R,3,3]."""
+    s = jnp.einsum("rni,rij->rnj", positions, jnp.linalg.inv(cell))
+    ds = s - ref_scaled[None]
+    ds = ds - jnp.round(ds)
+    ds = ds - jnp.mean(ds, axis=1, keepdims=True)
+    ds = ds - jnp.round(ds)
+    dr = jnp.einsum("rni,rij->rnj", ds, cell)
+    return jnp.sqrt(jnp.mean(jnp.sum(dr**2, axis=-1), axis=1))
+
+
+def make_recorder(atoms0, p: SweepProtocol, dtype) -> Callable[[MDState], dict]:
+    """Observables recorded on the device every ``record_every`` steps (per replica)."""
+    topology = find_cell_topology(atoms0)
+    charges = born_charges(p.charges)
+    ref_scaled = jnp.asarray(atoms0.get_scaled_positions(wrap=False), dtype)
+    reps = float(p.supercell)
+
+    def record(s: MDState) -> dict:
+        return {
+            "lattice": jnp.linalg.norm(s.cell, axis=-1) / reps,  # [R,3] A, pseudo-cubic a, b, c
+            "temperature": temperature_K(s.momenta, s.masses),  # [R] K
+            "epot_per_atom": s.energy / s.n_atoms,  # [R] eV
+            "polarization": mean_polarization(s.positions, s.cell, topology, charges),  # [R,3] C/m^2
+            "site_rms": _site_rms_jax(s.positions, s.cell, ref_scaled),  # [R] A
+        }
+
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_host(tree):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, tree)
+
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    """Write ``payload`` atomically (a temporary file renamed over the old one): a kill never
+    leaves a half-written checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, fingerprint: str) -> dict | None:
+    """The checkpoint at ``path`` if it belongs to this sweep (same protocol and model), else an error.
+
+    Checkpoints are pickles written by :func:`save_checkpoint`: load only your own files.
+    """
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, "rb") as fh:
+        payload = pickle.load(fh)
+    if payload.get("fingerprint") != fingerprint:
+        raise ValueError(f"checkpoint {path} belongs to a different protocol or model "
+                         f"(fingerprint {payload.get('fingerprint')} != {fingerprint}); use another output "
+                         "directory, or delete the checkpoint to start this sweep afresh")
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    h, rem = divmod(int(round(seconds)), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+class Progress:
+    """A one-line progress bar on stderr: steps, elapsed time, ns/day per replica, ETA."""
+
+    def __init__(self, label: str, total: int, timestep_fs: float, stream=None, enabled: bool = True):
+        self.label, self.total, self.dt_fs = label, total, timestep_fs
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def update(self, done: int, rate_steps_per_s: float | None, note: str = "") -> None:
+        if not self.enabled:
+            return
+        frac = done / self.total if self.total else 1.0
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        elapsed = time.perf_counter() - self.t0
+        if rate_steps_per_s:
+            ns_day = rate_steps_per_s * self.dt_fs * 86400e-6
+            eta = (self.total - done) / rate_steps_per_s
+            speed = f"{ns_day:.3g} ns/day, ETA {_fmt_time(eta)}"
+        else:
+            speed = "compiling..."
+        end = "\n" if done >= self.total else ""
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} steps, {_fmt_time(elapsed)} elapsed, "
+                          f"{speed}{(' ' + note) if note else ''}   {end}")
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------
+
+
+def run_sweep(model: Model, protocol: SweepProtocol, *, model_name: str | None = None,
+              checkpoint: str | None = None, progress: bool = True, dtype=None,
+              relaxed_c_over_a: float | None = None, stop_after_chunks: int | None = None) -> dict:
+    """Run one sweep (all temperatures batched) and return its results (JSON-ready) and time series.
+
+    ``checkpoint``: file to resume from and to write after every chunk. ``stop_after_chunks``
+    (for tests and for splitting work over job slots) returns early after that many chunks of this
+    call with ``result["finished"] = False``; calling again resumes.
+    Returns ``{"finished", "protocol", "replicas": [...], "series": {...numpy...}, "speed": {...}, ...}``.
+    """
+    p = protocol
+    model_name = model_name or getattr(model, "name", "model")
+    fp = p.fingerprint(model_name)
+    atoms0, state, integ = _initial(model, p, dtype)
+    dtype = state.positions.dtype
+    record = make_recorder(atoms0, p, dtype)
+    R = len(p.temperatures_k)
+    n_rec_total = p.steps // p.record_every
+    start_cell = np.asarray(atoms0.cell)
+
+    saved = load_checkpoint(checkpoint, fp) if checkpoint else None
+    if saved is not None:
+        done = int(saved["done_steps"])
+        active = list(saved["active"])
+        status = saved["status"]
+        series = saved["series"]
+        timing = saved["timing"]
+        state = jax.tree_util.tree_map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, saved["state"])
+    else:
+        done, active = 0, list(range(R))
+        status = [{"status": "running", "stopped_at_step": None, "reason": None} for _ in range(R)]
+        probe = jax.eval_shape(record, state)
+        series = {k: np.full((n_rec_total,) + v.shape, np.nan) for k, v in probe.items()}
+        series["time_ps"] = (np.arange(1, n_rec_total + 1) * p.record_every * p.timestep_fs * 1e-3)
+        timing = {"seconds": 0.0, "steps": 0, "first_chunk_seconds": None}
+
+    label = f"{p.ensemble.upper()} {model_name} ({R} T, {len(atoms0)} atoms)"
+    bar = Progress(label, p.steps, p.timestep_fs, enabled=progress)
+    from jaxpto.simulate import run_chunk
+
+    chunks_this_call = 0
+    first_call_chunk = True
+    while done < p.steps and active:
+        if stop_after_chunks is not None and chunks_this_call >= stop_after_chunks:
+            break
+        k = min(p.chunk_steps, p.steps - done)
+        t0 = time.perf_counter()
+        state, rec = run_chunk(integ, state, k, record, p.record_every)
+        rec = _to_host(rec)
+        jax.block_until_ready(state.positions)
+        wall = time.perf_counter() - t0
+        r0 = done // p.record_every
+        n_new = k // p.record_every
+        for key, arr in rec.items():
+            series[key][r0:r0 + n_new, active] = arr
+        done += k
+        if first_call_chunk:
+            # The first chunk of a call compiles the program: keep it out of the speed figures.
+            timing["first_chunk_seconds"] = wall if timing["first_chunk_seconds"] is None else timing["first_chunk_seconds"]
+            first_call_chunk = False
+        else:
+            timing["seconds"] += wall
+            timing["steps"] += k
+        # Per-replica health: blown-up or molten replicas are stopped alone.
+        pos = np.asarray(state.positions)
+        cells = np.asarray(state.cell)
+        keep = []
+        for j, i in enumerate(active):
+            reason = phase_mod.blow_up_reason(pos[j], cells[j], start_cell, float(rec["temperature"][-1, j]),
+                                              p.temperatures_k[i])
+            kind = "blew_up"
+            if reason is None and float(np.nanmean(rec["site_rms"][:, j])) > phase_mod.MOLTEN_SITE_RMS:
+                reason = (f"molten: mean site displacement {float(np.nanmean(rec['site_rms'][:, j])):.2f} A "
+                          f"> {phase_mod.MOLTEN_SITE_RMS} A")
+                kind = "molten"
+            if reason is None:
+                keep.append(j)
+            else:
+                status[i] = {"status": kind, "stopped_at_step": done, "reason": reason}
+                # Its records of this chunk may already be garbage: blank them.
+                if kind == "blew_up":
+                    for key in rec:
+                        series[key][r0:r0 + n_new, i] = np.nan
+                if progress:
+                    sys.stderr.write(f"\n{label}: replica at {p.temperatures_k[i]:.0f} K stopped at step {done}: "
+                                     f"{reason}\n")
+        if len(keep) < len(active):
+            active = [active[j] for j in keep]
+            if active:
+                state = take_replicas(state, keep)
+        chunks_this_call += 1
+        if checkpoint:
+            save_checkpoint(checkpoint, {"fingerprint": fp, "done_steps": done, "active": active, "status": status,
+                                         "series": series, "timing": timing, "state": _to_host(state),
+                                         "protocol": p.to_dict(), "model": model_name})
+        rate = timing["steps"] / timing["seconds"] if timing["seconds"] > 0 else None
+        bar.update(done, rate)
+
+    finished = done >= p.steps or not active
+    if finished:
+        for i in active:
+            status[i]["status"] = "ok"
+    result = summarize(series, status, p, model_name, n_atoms=len(atoms0), timing=timing,
+                       relaxed_c_over_a=relaxed_c_over_a, done_steps=done)
+    result["finished"] = finished
+    result["final_state"] = state
+    result["active"] = active
+    return result
+
+
+def _window(series_time_ps, p: SweepProtocol, done_steps: int):
+    """Indices of the averaging window: the last ``average_last_ps`` (at most the second half)."""
+    n_done = done_steps // p.record_every
+    total_ps = done_steps * p.timestep_fs * 1e-3
+    window_ps = min(p.average_last_ps, 0.5 * total_ps)
+    start = total_ps - window_ps
+    idx = np.flatnonzero((series_time_ps[:n_done] > start + 1e-12))
+    return idx, window_ps
+
+
+def summarize(series, status, p: SweepProtocol, model_name: str, *, n_atoms: int, timing: dict,
+              relaxed_c_over_a=None, done_steps: int | None = None) -> dict:
+    """Averages, standard deviations and phase calls per temperature (JSON-ready)."""
+    done_steps = p.steps if done_steps is None else done_steps
+    idx, window_ps = _window(series["time_ps"], p, done_steps)
+    replicas = []
+    for i, T in enumerate(p.temperatures_k):
+        st = status[i]
+        sel = idx
+        lat = series["lattice"][sel, i]
+        ok = np.all(np.isfinite(lat), axis=-1)
+        lat = lat[ok]
+        entry = {"temperature_k": T, "status": st["status"], "stopped_at_step": st["stopped_at_step"],
+                 "reason": st["reason"], "n_samples": int(ok.sum())}
+        if len(lat) == 0 or st["status"] == "blew_up":
+            entry.update(phase="unstable", phase_evidence=f"run stopped: {st['reason']}")
+            replicas.append(entry)
+            continue
+        mean_T = float(np.mean(series["temperature"][sel, i][ok]))
+        rms = float(np.mean(series["site_rms"][sel, i][ok]))
+        entry.update(mean_temperature_k=mean_T, site_rms_a=rms,
+                     epot_per_atom_ev=float(np.mean(series["epot_per_atom"][sel, i][ok])))
+        if p.ensemble == "npt":
+            # As the study: average each box length, then sort the averages (sorting every sample
+            # would bias a cubic box towards c > a by the order statistics of its fluctuations).
+            mean, std = lat.mean(0), lat.std(0)
+            order = np.argsort(mean)
+            mean, std = mean[order], std[order]
+            call = phase_mod.classify_phase(*mean, *std, site_rms=rms, relaxed_c_over_a=relaxed_c_over_a)
+            entry.update(a=float(mean[0]), b=float(mean[1]), c=float(mean[2]), a_std=float(std[0]),
+                         b_std=float(std[1]), c_std=float(std[2]), c_over_a=call["c_over_a"],
+                         phase=call["phase"] if st["status"] != "molten" else "molten",
+                         phase_evidence=call["evidence"] if st["status"] != "molten" else st["reason"])
+        else:
+            pol = series["polarization"][sel, i][ok]
+            mean, std = pol.mean(0), pol.std(0)
+            entry.update(px=float(mean[0]), py=float(mean[1]), pz=float(mean[2]), px_std=float(std[0]),
+                         py_std=float(std[1]), pz_std=float(std[2]),
+                         p_abs=float(np.mean(np.linalg.norm(pol, axis=-1))),
+                         phase="molten" if (st["status"] == "molten" or rms > phase_mod.MOLTEN_SITE_RMS) else "ordered")
+        replicas.append(entry)
+    out = {"ensemble": p.ensemble, "model": model_name, "protocol": p.to_dict(), "averaging_window_ps": window_ps,
+           "done_steps": done_steps, "replicas": replicas, "n_atoms": n_atoms}
+    temps = [r["temperature_k"] for r in replicas]
+    if p.ensemble == "nvt":
+        pz = [r.get("pz", np.nan) if r["status"] != "blew_up" else np.nan for r in replicas]
+        tc, note = phase_mod.transition_temperature(temps, pz)
+        out["tc_k"], out["tc_note"] = tc, f"from |P_z|: {note}"
+    else:
+        tet = [(r.get("c_over_a") or np.nan) - 1.0 for r in replicas]
+        tc, note = phase_mod.transition_temperature(temps, tet)
+        out["tc_k"], out["tc_note"] = tc, f"from c/a - 1: {note}"
+    if timing["steps"] > 0 and timing["seconds"] > 0:
+        sps = timing["steps"] / timing["seconds"]
+        R = len(p.temperatures_k)
+        out["speed"] = {"steps_per_s": sps, "ms_per_step": 1e3 / sps,
+                        "us_per_atom_step": 1e6 / (sps * n_atoms * R),
+                        "ns_per_day_per_replica": sps * p.timestep_fs * 86400e-6,
+                        "replicas": R, "n_atoms": n_atoms, "timed_steps": timing["steps"],
+                        "compile_and_first_chunk_s": timing["first_chunk_seconds"]}
+    else:
+        out["speed"] = {"note": "run too short to time (the first chunk includes compilation)",
+                        "compile_and_first_chunk_s": timing["first_chunk_seconds"]}
+    out["series"] = series
+    return out

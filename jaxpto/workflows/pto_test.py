@@ -1,0 +1,357 @@
+"""The PTO-test as one workflow: static, phonons, NPT sweep, NVT polarization, speed, report.
+
+Reproduces the benchmark of Li, Yang, Chen, Yu, Liu, "Are Foundational Atomistic Models Reliable
+for Finite-Temperature Molecular Dynamics?" (J. Phys. Chem. C 2025) for any jaxpto model. The
+defaults are the study's protocol (:func:`study_protocol`); :func:`quick_protocol` is a small
+version that runs on a laptop CPU in minutes and still produces every output.
+
+Results go to ``OUT/results.json`` (schema below), figures to ``OUT/*.png``, the report to
+``OUT/report.md``, time series to ``OUT/<model>/``, checkpoints to ``OUT/checkpoints/``.
+Every finished part is written to ``results.json`` immediately, and a part already there with the
+same protocol is not recomputed, so running the same command again after a kill resumes: finished
+parts are kept, and an interrupted MD sweep continues from its last checkpoint.
+
+``results.json`` schema (``schema = "jaxpto.pto-test/1"``; ASE units: A, eV, K, C/m^2, THz)::
+
+    {"schema", "created", "protocol": {...every setting...}, "versions": {...}, "device": {...},
+     "models": [{
+        "model": name,
+        "static": {"a", "c", "c_over_a", "volume", "delta_e_ev_per_fu", ...per-phase records},
+        "phonons": {"min_frequency_thz", "has_imaginary", "imaginary_modes": [...], ...},
+        "npt": [{"temperature_k", "a", "b", "c", "a_std", "b_std", "c_std", "c_over_a", "phase",
+                 "phase_evidence", "status", ...}],
+        "npt_tc_k", "npt_tc_note",
+        "nvt": [{"temperature_k", "px", "py", "pz", "px_std", "py_std", "pz_std", "p_abs", "status", ...}],
+        "nvt_tc_k", "nvt_tc_note",
+        "speed": {"npt": {...}, "nvt": {...}, "ase_comparison": {...}},
+        "parts": {part: {"fingerprint", "seconds"}}}]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+
+import numpy as np
+
+from jaxpto.workflows.dynamics import SweepProtocol, run_sweep, study_npt, study_nvt
+
+SCHEMA = "jaxpto.pto-test/1"
+PARTS = ("static", "phonons", "npt", "nvt", "speed")
+DEFAULT_MODEL = "chgnet-0.3.0"  # ships inside the chgnet wheel: runs offline
+
+
+@dataclasses.dataclass(frozen=True)
+class PTOProtocol:
+    """All settings of a PTO-test run (defaults: the study's)."""
+
+    fmax: float = 1e-3  # eV/A, relaxation
+    phonon_supercell: int = 2
+    phonon_distance: float = 0.01  # A
+    phonon_npoints: int = 101
+    npt: SweepProtocol = dataclasses.field(default_factory=study_npt)
+    nvt: SweepProtocol = dataclasses.field(default_factory=study_nvt)
+    ase_steps: int = 200  # ASE NPT steps timed for the speed comparison
+    quick: bool = False
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("fmax", "phonon_supercell", "phonon_distance", "phonon_npoints",
+                                          "ase_steps", "quick")}
+        d["npt"] = self.npt.to_dict()
+        d["nvt"] = self.nvt.to_dict()
+        return d
+
+    def part_fingerprint(self, part: str, model_name: str) -> str:
+        d = self.to_dict()
+        sel = {"static": ["fmax"], "phonons": ["fmax", "phonon_supercell", "phonon_distance", "phonon_npoints"],
+               "npt": ["npt"], "nvt": ["nvt"], "speed": ["npt", "ase_steps"]}[part]
+        blob = json.dumps({"model": model_name, "part": part, **{k: d[k] for k in sel}}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def study_protocol(**overrides) -> PTOProtocol:
+    """The study's full protocol (625 atoms, 300-1000 K every 100 K, 50,000 steps of 2 fs)."""
+    return PTOProtocol(**overrides)
+
+
+def quick_protocol(**overrides) -> PTOProtocol:
+    """A small protocol for a laptop CPU: 2x2x2 supercell (40 atoms), 3 temperatures, short runs.
+
+    Every output is still produced; the numbers are indicative only (short runs, small cell).
+    """
+    temps = (300.0, 600.0, 900.0)
+    common = dict(temperatures_k=temps, supercell=2, steps=200, chunk_steps=100, record_every=10,
+                  average_last_ps=0.2)
+    return PTOProtocol(fmax=5e-3, phonon_npoints=31, npt=study_npt(**common), nvt=study_nvt(**common),
+                       ase_steps=10, quick=True, **overrides)
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of a model name or path."""
+    base = os.path.basename(str(name).rstrip("/")) or str(name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base)
+
+
+# ---------------------------------------------------------------------------------------------
+# results.json
+# ---------------------------------------------------------------------------------------------
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items() if k not in ("series", "final_state")}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if np.isfinite(v) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    return x
+
+
+def load_results(out: str) -> dict:
+    path = os.path.join(out, "results.json")
+    if os.path.exists(path):
+        with open(path) as fh:
+            data = json.load(fh)
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"{path} is not a jaxpto PTO-test result (schema {data.get('schema')!r}); "
+                             "use another --out directory")
+        return data
+    return {"schema": SCHEMA, "models": []}
+
+
+def write_results(out: str, data: dict) -> str:
+    """Write ``OUT/results.json`` atomically (a kill never leaves a truncated file)."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "results.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(_jsonable(data), fh, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def model_entry(data: dict, name: str) -> dict:
+    for entry in data["models"]:
+        if entry["model"] == name:
+            return entry
+    entry = {"model": name, "parts": {}}
+    data["models"].append(entry)
+    return entry
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("jaxpto", "jax", "jaxlib", "numpy", "ase", "phonopy", "spglib", "torch", "chgnet", "sevenn",
+                "mace-torch", "orb-models", "matgl", "deepmd-kit"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def device_info() -> dict:
+    import jax
+
+    devs = jax.devices()
+    info = {"jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in devs],
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor()}
+    try:
+        import torch
+
+        info["torch_cuda"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts
+# ---------------------------------------------------------------------------------------------
+
+
+def _load(name: str, dtype):
+    from bridges.registry import load_model
+
+    return load_model(name)
+
+
+def run_static(model, protocol: PTOProtocol, dtype=None) -> dict:
+    from jaxpto.workflows.static import pto_static
+
+    return pto_static(model, fmax=protocol.fmax, dtype=dtype)
+
+
+def run_phonons(model, protocol: PTOProtocol, static: dict) -> dict:
+    from jaxpto.workflows.phonons import pto_phonons
+
+    return pto_phonons(model, static["structures"]["tetragonal"], supercell=(protocol.phonon_supercell,) * 3, distance=protocol.phonon_distance,
+                       npoints=protocol.phonon_npoints)
+
+
+def ase_calculator(name: str, model):
+    """The model's own ASE calculator (the study's method) for the speed comparison, and its kind."""
+    from bridges.registry import KNOWN_MODELS
+
+    fam = KNOWN_MODELS.get(str(name).lower(), (None,))[0]
+    if fam == "sevenn":
+        from sevenn.calculator import SevenNetCalculator
+
+        kw = {"modal": "PBE"} if name.lower() == "7net-mf-0" else {}
+        return SevenNetCalculator(name.lower(), device="cpu" if model_device_is_cpu() else "cuda", **kw), "SevenNetCalculator"
+    if fam == "chgnet":
+        from chgnet.model import CHGNet
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        version = name.lower().split("-", 1)[1]
+        return CHGNetCalculator(CHGNet.load(model_name=version, verbose=False), use_device=None), "CHGNetCalculator"
+    if fam is not None and fam != "jax":
+        from bridges.registry import family_module
+
+        hook = getattr(family_module(fam), "ase_calculator", None)
+        if hook is not None:
+            return hook(name), f"{fam} ASE calculator"
+    from jaxpto.calculator import JaxptoCalculator
+
+    return JaxptoCalculator(model), "JaxptoCalculator (no own ASE calculator)"
+
+
+def model_device_is_cpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
+    """jaxpto vs ASE, same model, same 1-replica NPT on the NPT supercell, timed in one run."""
+    from ase import units
+    from ase.md.npt import NPT as AseNPT
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from jaxpto.workflows.structures import polar_supercell
+
+    p = protocol.npt
+    n = max(protocol.ase_steps, 2)
+    T = p.temperatures_k[0]
+    one = dataclasses.replace(p, temperatures_k=(T,), steps=2 * n, chunk_steps=n, record_every=n,
+                              average_last_ps=p.timestep_fs * n * 1e-3)
+    res = run_sweep(model, one, model_name=name, progress=False, dtype=dtype)
+    jax_speed = res["speed"]
+    atoms = polar_supercell(p.supercell, p.a, p.c, p.shifts)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=T, rng=np.random.default_rng(p.seed))
+    calc, kind = ase_calculator(name, model)
+    atoms.calc = calc
+    dyn = AseNPT(atoms, p.timestep_fs * units.fs, temperature_K=T, ttime=p.ttime_fs * units.fs,
+                 pfactor=p.pfactor, externalstress=0.0, mask=np.eye(3))
+    dyn.run(1)  # first call: model set-up, kept out of the timing as for jaxpto
+    t0 = time.perf_counter()
+    dyn.run(n)
+    ase_s = (time.perf_counter() - t0) / n
+    jax_s = jax_speed.get("ms_per_step", np.nan) * 1e-3
+    return {"n_atoms": len(atoms), "steps": n, "ase_calculator": kind, "ase_s_per_step": ase_s,
+            "jaxpto_s_per_step": jax_s, "ase_over_jaxpto": ase_s / jax_s if jax_s > 0 else None,
+            "ase_us_per_atom_step": ase_s * 1e6 / len(atoms), "jaxpto_us_per_atom_step": jax_s * 1e6 / len(atoms)}
+
+
+def _save_series(out: str, name: str, ens: str, res: dict) -> None:
+    d = os.path.join(out, slug(name))
+    os.makedirs(d, exist_ok=True)
+    np.savez_compressed(os.path.join(d, f"{ens}_series.npz"),
+                        temperatures_k=np.array(res["protocol"]["temperatures_k"]),
+                        **{k: v for k, v in res["series"].items()})
+    # Final configuration of every replica still running, as extended XYZ (ASE-readable).
+    st = res.get("final_state")
+    if st is not None:
+        from ase import Atoms
+        from ase.io import write
+
+        temps = res["protocol"]["temperatures_k"]
+        frames = []
+        for j, i in enumerate(res["active"]):
+            a = Atoms(numbers=np.asarray(st.numbers), positions=np.asarray(st.positions[j], float),
+                      cell=np.asarray(st.cell[j], float), pbc=True)
+            a.info["temperature_k"] = temps[i]
+            frames.append(a)
+        if frames:
+            write(os.path.join(d, f"{ens}_final.extxyz"), frames)
+
+
+def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts=PARTS, progress: bool = True,
+                 dtype=None, log=print) -> dict:
+    """Run the PTO-test for every model in ``models`` (names or paths), writing ``out``.
+
+    ``parts``: any of ``static``, ``phonons``, ``npt``, ``nvt``, ``speed``. Parts already in
+    ``out/results.json`` with the same protocol are skipped; interrupted sweeps resume.
+    """
+    protocol = protocol or study_protocol()
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown part(s) {sorted(unknown)}; parts are {', '.join(PARTS)}")
+    os.makedirs(out, exist_ok=True)
+    data = load_results(out)
+    data.update(protocol=protocol.to_dict(), versions=versions(), device=device_info())
+    data.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    for name in models:
+        entry = model_entry(data, name)
+        model = None
+        for part in PARTS:
+            if part not in parts:
+                continue
+            fp = protocol.part_fingerprint(part, name)
+            if entry["parts"].get(part, {}).get("fingerprint") == fp:
+                log(f"[{name}] {part}: already done (results.json), skipped")
+                continue
+            if model is None:
+                log(f"[{name}] loading model")
+                model = _load(name, dtype)
+            t0 = time.perf_counter()
+            log(f"[{name}] {part} ...")
+            relaxed_ca = (entry.get("static") or {}).get("c_over_a")
+            if part == "static":
+                entry["static"] = run_static(model, protocol, dtype)
+            elif part == "phonons":
+                if "static" not in entry:
+                    entry["static"] = run_static(model, protocol, dtype)
+                entry["phonons"] = run_phonons(model, protocol, entry["static"])
+            elif part in ("npt", "nvt"):
+                sweep = protocol.npt if part == "npt" else protocol.nvt
+                ckpt = os.path.join(out, "checkpoints", f"{slug(name)}-{part}.pkl")
+                res = run_sweep(model, sweep, model_name=name, checkpoint=ckpt, progress=progress, dtype=dtype,
+                                relaxed_c_over_a=relaxed_ca)
+                _save_series(out, name, part, res)
+                entry[part] = res["replicas"]
+                entry[f"{part}_tc_k"] = res["tc_k"]
+                entry[f"{part}_tc_note"] = res["tc_note"]
+                entry[f"{part}_averaging_window_ps"] = res["averaging_window_ps"]
+                entry.setdefault("speed", {})[part] = res["speed"]
+            elif part == "speed":
+                entry.setdefault("speed", {})["ase_comparison"] = run_speed(model, name, protocol, dtype)
+            entry["parts"][part] = {"fingerprint": fp, "seconds": time.perf_counter() - t0}
+            write_results(out, data)  # finished work is on disk before the next part starts
+            log(f"[{name}] {part} done in {time.perf_counter() - t0:.1f} s")
+    from jaxpto.workflows.report import write_report
+
+    write_report(out, data)
+    write_results(out, data)
+    return data
