@@ -21,6 +21,22 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "chgnet-0.2.0": ("chgnet", "CHGNet 0.2.0 (MPtrj)"),
     "chgnet-r2scan": ("chgnet", "CHGNet r2SCAN fine-tune"),
     "mace-mp-0b-medium": ("mace", "MACE-MP-0b medium (mace_agnesi_medium.model; downloaded by mace-torch)"),
+    "mace-mp-0b-small": ("mace", "MACE-MP-0B-SMALL (downloaded by mace-torch)"),
+    "mace-mp-0-small": ("mace", "MACE-MP-0-SMALL (downloaded by mace-torch)"),
+    "mace-mp-0-medium": ("mace", "MACE-MP-0-MEDIUM (downloaded by mace-torch)"),
+    "mace-mp-0-large": ("mace", "MACE-MP-0-LARGE (downloaded by mace-torch)"),
+    "mace-mp-0b2-small": ("mace", "MACE-MP-0B2-SMALL (downloaded by mace-torch)"),
+    "mace-mp-0b2-medium": ("mace", "MACE-MP-0B2-MEDIUM (downloaded by mace-torch)"),
+    "mace-mp-0b2-large": ("mace", "MACE-MP-0B2-LARGE (downloaded by mace-torch)"),
+    "mace-mp-0b3-medium": ("mace", "MACE-MP-0B3-MEDIUM (downloaded by mace-torch)"),
+    "mace-mpa-0-medium": ("mace", "MACE-MPA-0-MEDIUM (downloaded by mace-torch)"),
+    "mace-omat-0-small": ("mace", "MACE-OMAT-0-SMALL (downloaded by mace-torch)"),
+    "mace-omat-0-medium": ("mace", "MACE-OMAT-0-MEDIUM (downloaded by mace-torch)"),
+    "mace-matpes-pbe-0": ("mace", "MACE-MATPES-PBE-0 (downloaded by mace-torch)"),
+    "mace-matpes-r2scan-0": ("mace", "MACE-MATPES-R2SCAN-0 (downloaded by mace-torch)"),
+    "mace-off23-small": ("mace", "MACE-OFF23-SMALL (downloaded by mace-torch)"),
+    "mace-off23-medium": ("mace", "MACE-OFF23-MEDIUM (downloaded by mace-torch)"),
+    "mace-off23-large": ("mace", "MACE-OFF23-LARGE (downloaded by mace-torch)"),
     "orb-v2": ("orb", "ORB v2, direct forces (downloaded by orb-models)"),
     "m3gnet-mp-2021.2.8-pes": ("matgl", "M3GNet-MP-2021.2.8-PES (downloaded by matgl)"),
     "m3gnet-pes-matpes-pbe-2025.2": ("matgl", "M3GNet MatPES PBE 2025.2 (downloaded by matgl)"),
@@ -113,10 +129,16 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
     ----------
     name_or_path:
         One of :func:`known_models` ("7net-0", "7net-l3i5", "7net-mf-0", "chgnet-0.3.0",
-        "chgnet-0.2.0", "chgnet-r2scan", "emt", "lj"), case insensitive, or a checkpoint file
-        (then give ``family``: "sevenn" or "chgnet").
+        "chgnet-0.2.0", "chgnet-r2scan", "mace-mp-0b-medium" and the other MACE foundation
+        models, "orb-v2", ..., "m3gnet-mp-2021.2.8-pes", ..., "emt", "lj"), case insensitive, or a
+        checkpoint file/directory (a MACE ``.model``, an ORB checkpoint, a matgl ``Potential.save``
+        directory, a deepmd-kit ``.pth``/``.pt``, a SevenNet or CHGNet checkpoint) whose family is
+        detected from its content, or given with ``family``. Models downloaded by their package
+        (MACE, ORB, matgl) use the package's own cache; offline and not cached, loading fails
+        within seconds with the URL and how to pass a local file.
     family:
-        Model family for a checkpoint path; optional for known names (must then agree).
+        Model family: one of "sevenn", "chgnet", "mace", "orb", "matgl", "deepmd"; optional for
+        known names (must then agree) and for files whose family can be detected.
     device:
         Torch device for torch models ("cpu", "cuda", ...). Default: CUDA when JAX runs on a
         GPU and torch has CUDA, else CPU. Ignored by the JAX-native potentials.
@@ -124,7 +146,8 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         Torch float dtype of torch models (default: the model's own, float32). The JAX-native
         potentials compute in the dtype of the arrays they are given.
     **kw:
-        Passed to the loader: ``modal=`` for 7net-mf-0; the potential's parameters for "emt"
+        Passed to the loader: ``modal=`` for 7net-mf-0; ``head=`` for multi-head MACE models;
+        ``download_timeout=`` (s) for MACE/matgl/ORB downloads; the potential's parameters for "emt"
         (``elements``, ``asap_cutoff``) and "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``).
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or family.

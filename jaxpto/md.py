@@ -223,9 +223,12 @@ def _torch_bridge_efs(calc):
 
 def _bridge_settings(calc):
     """What, beyond the model object, makes two calculators of one kind compute the same thing."""
-    return (type(calc), id(getattr(calc, "model", None)), id(getattr(calc, "potential", None)),
+    # MACECalculator keeps its network in ``models`` (a list), matgl's PESCalculator in ``potential``.
+    model = getattr(calc, "model", None) or (getattr(calc, "models", None) or [None])[0]
+    return (type(calc), id(model), id(getattr(calc, "potential", None)),
             getattr(calc, "modal", None), getattr(calc, "stress_weight", None),
-            getattr(calc, "conversion_factor", None))
+            getattr(calc, "conversion_factor", None), getattr(calc, "head", None),
+            getattr(calc, "default_dtype", None))
 
 
 def callback_model(calc, template, need_stress: bool) -> Model:
