@@ -38,6 +38,20 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "mace-off23-medium": ("mace", "MACE-OFF23-MEDIUM (downloaded by mace-torch)"),
     "mace-off23-large": ("mace", "MACE-OFF23-LARGE (downloaded by mace-torch)"),
     "orb-v2": ("orb", "ORB v2, direct forces (downloaded by orb-models)"),
+    "orb-d3-v2": ("orb", "ORB v2 trained on D3-corrected data, direct, 20 neighbours"),
+    "orb-d3-sm-v2": ("orb", "ORB v2 small (10 layers), D3-corrected data, direct"),
+    "orb-d3-xs-v2": ("orb", "ORB v2 extra small (5 layers), D3-corrected data, direct"),
+    "orb-mptraj-only-v2": ("orb", "ORB v2 trained on MPtrj only, direct"),
+    "orb-v3-conservative-inf-omat": ("orb", "ORB v3 conservative (autograd forces/stress), 120 neighbours, OMat24"),
+    "orb-v3-conservative-20-omat": ("orb", "ORB v3 conservative, 20 neighbours, OMat24"),
+    "orb-v3-direct-inf-omat": ("orb", "ORB v3 direct, 120 neighbours, OMat24"),
+    "orb-v3-direct-20-omat": ("orb", "ORB v3 direct, 20 neighbours, OMat24"),
+    "orb-v3-conservative-inf-mpa": ("orb", "ORB v3 conservative, 120 neighbours, MPtrj+Alexandria"),
+    "orb-v3-conservative-20-mpa": ("orb", "ORB v3 conservative, 20 neighbours, MPtrj+Alexandria"),
+    "orb-v3-direct-inf-mpa": ("orb", "ORB v3 direct, 120 neighbours, MPtrj+Alexandria"),
+    "orb-v3-direct-20-mpa": ("orb", "ORB v3 direct, 20 neighbours, MPtrj+Alexandria"),
+    "orb-v3-conservative-omol": ("orb", "ORB v3 conservative, OMol25 molecules (needs charge=, spin=; no stress)"),
+    "orb-v3-direct-omol": ("orb", "ORB v3 direct, OMol25 molecules (needs charge=, spin=; no stress)"),
     "m3gnet-mp-2021.2.8-pes": ("matgl", "M3GNet-MP-2021.2.8-PES (downloaded by matgl)"),
     "m3gnet-pes-matpes-pbe-2025.2": ("matgl", "M3GNet MatPES PBE 2025.2 (downloaded by matgl)"),
     "m3gnet-pes-matpes-r2scan-2025.2": ("matgl", "M3GNet MatPES r2SCAN 2025.2 (downloaded by matgl)"),
@@ -147,7 +161,10 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         potentials compute in the dtype of the arrays they are given.
     **kw:
         Passed to the loader: ``modal=`` for 7net-mf-0; ``head=`` for multi-head MACE models;
-        ``download_timeout=`` (s) for MACE/matgl/ORB downloads; the potential's parameters for "emt"
+        ``download_timeout=`` (s) for MACE/matgl downloads; for ORB ``architecture=`` (a local
+        checkpoint's architecture name), ``radius=``, ``max_num_neighbors=``, ``conservative=``,
+        ``charge=``/``spin=`` (OMol models), ``compile=`` (torch.compile, off by default),
+        ``probe_timeout=``; the potential's parameters for "emt"
         (``elements``, ``asap_cutoff``) and "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``).
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or family.
@@ -177,5 +194,5 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
             raise ValueError(f"cannot tell which model family {name_or_path!r} belongs to: give "
                              f"family= one of {', '.join(TORCH_FAMILIES)}")
         return _load_torch(fam, name_or_path, device, dtype, kw)
-    listing = "\n".join(f"  {n:<14} {d}" for n, (_, d) in KNOWN_MODELS.items())
+    listing = "\n".join(f"  {n:<34} {d}" for n, (_, d) in KNOWN_MODELS.items())
     raise ValueError(f"unknown model {name_or_path!r} (and no such file or directory). Known models:\n{listing}")

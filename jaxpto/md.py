@@ -188,6 +188,10 @@ def _torch_bridge_efs(calc):
       (``CHGNetEFS`` puts the model in ``eval()`` mode and freezes its parameters,
       ``requires_grad=False``; inference, the calculator's own results, is unaffected.)
 
+    * MACE (``MACECalculator``), ORB (``ORBCalculator``), matgl (``PESCalculator``) and DeePMD
+      (``deepmd.calculator.DP``): ``bridges.<family>.efs_from_calculator(calc)`` reuses the
+      calculator's loaded network with its settings (head, radius and neighbour cap, units, ...).
+
     Only these exact classes (not subclasses, which may compute something else); the module is
     looked at first so that neither torch nor the model package is imported for other calculators.
     """
@@ -228,7 +232,8 @@ def _bridge_settings(calc):
     return (type(calc), id(model), id(getattr(calc, "potential", None)),
             getattr(calc, "modal", None), getattr(calc, "stress_weight", None),
             getattr(calc, "conversion_factor", None), getattr(calc, "head", None),
-            getattr(calc, "default_dtype", None))
+            getattr(calc, "default_dtype", None), getattr(calc, "max_num_neighbors", None),
+            getattr(calc, "conservative", None), repr(getattr(calc, "system_config", None)))
 
 
 def callback_model(calc, template, need_stress: bool) -> Model:
