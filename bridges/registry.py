@@ -57,6 +57,11 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "m3gnet-pes-matpes-r2scan-2025.2": ("matgl", "M3GNet MatPES r2SCAN 2025.2 (downloaded by matgl)"),
     "tensornet-pes-matpes-pbe-2025.2": ("matgl", "TensorNet MatPES PBE 2025.2 (downloaded by matgl)"),
     "tensornet-pes-matpes-r2scan-2025.2": ("matgl", "TensorNet MatPES r2SCAN 2025.2 (downloaded by matgl)"),
+    "dpa-3.1-3m": ("deepmd", "DeePMD pretrained DPA-3.1-3M (downloaded by deepmd-kit; multi-task: give head=)"),
+    "dpa-3.2-5m": ("deepmd", "DeePMD pretrained DPA-3.2-5M (downloaded by deepmd-kit; multi-task: give head=)"),
+    "dpa-3.3-1m": ("deepmd", "DeePMD pretrained DPA-3.3-1M (downloaded by deepmd-kit; multi-task: give head=)"),
+    "dpa-2.4-7m": ("deepmd", "DeePMD pretrained DPA-2.4-7M (downloaded by deepmd-kit; multi-task: give head=)"),
+    "dpa3-omol-large": ("deepmd", "DeePMD pretrained DPA3-OMOL-LARGE (downloaded by deepmd-kit; multi-task: give head=)"),
     "emt": ("jax", "JAX-native EMT (ASE's EMT parameters)"),
     "lj": ("jax", "JAX-native Lennard-Jones (ASE's LennardJones; kwargs sigma, epsilon, rc, ...)"),
 }
@@ -164,7 +169,8 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         ``download_timeout=`` (s) for MACE/matgl downloads; for ORB ``architecture=`` (a local
         checkpoint's architecture name), ``radius=``, ``max_num_neighbors=``, ``conservative=``,
         ``charge=``/``spin=`` (OMol models), ``compile=`` (torch.compile, off by default),
-        ``probe_timeout=``; the potential's parameters for "emt"
+        ``probe_timeout=``; for DeePMD ``head=``, ``type_dict=``, ``fparam=``, ``charge_spin=``,
+        ``cache_dir=``; the potential's parameters for "emt"
         (``elements``, ``asap_cutoff``) and "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``).
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or family.

@@ -233,7 +233,8 @@ def _bridge_settings(calc):
             getattr(calc, "modal", None), getattr(calc, "stress_weight", None),
             getattr(calc, "conversion_factor", None), getattr(calc, "head", None),
             getattr(calc, "default_dtype", None), getattr(calc, "max_num_neighbors", None),
-            getattr(calc, "conservative", None), repr(getattr(calc, "system_config", None)))
+            getattr(calc, "conservative", None), repr(getattr(calc, "system_config", None)),
+            id(getattr(calc, "dp", None)), tuple(sorted((getattr(calc, "type_dict", None) or {}).items())))
 
 
 def callback_model(calc, template, need_stress: bool) -> Model:
