@@ -3,6 +3,11 @@
 ASE optimizers, phonopy and users' own tools get the engine's models through it,
 and the test-suite uses it to give ASE's integrators exactly the same forces as
 jaxpto's. Units are ASE's (eV, eV/A, eV/A^3 with ASE's stress sign).
+
+Batches: :meth:`JaxptoCalculator.calculate_batch` evaluates many structures with the
+same atoms (species and order), e.g. phonopy's displaced supercells or strained cells,
+as ``R`` replicas of ONE model call on one ``R``-replica neighbour list, instead of ``R``
+calls; for torch models that is one batched graph through the bridge.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from jaxpto import neighbors as nl
 from jaxpto.model import Model
 from jaxpto.state import default_dtype
+
+__all__ = ["JaxptoCalculator"]
 
 
 _update = jax.jit(nl.update)
@@ -75,3 +82,78 @@ class JaxptoCalculator(Calculator):
         self.results["forces"] = np.asarray(out.forces[0], dtype=float)
         if atoms.cell.rank == 3 and all(atoms.pbc):
             self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out.stress[0], dtype=float))
+
+    # ------------------------------------------------------------------ batches
+    def calculate_batch(self, images, properties=("energy", "forces", "stress"),
+                        max_batch: int | None = None) -> list[dict]:
+        """Evaluate several structures as replicas of one model call.
+
+        Parameters
+        ----------
+        images:
+            A sequence of :class:`ase.Atoms` with the same atomic numbers in the same order
+            and the same ``pbc``; positions and cells may all differ (displaced supercells,
+            strained cells, snapshots).
+        properties:
+            Names wanted in each result, among ``implemented_properties``. The model computes
+            energy, forces and stress together anyway, so this only selects what is returned.
+        max_batch:
+            Largest number of replicas per model call (memory bound on a GPU); ``None``
+            (default) evaluates all structures in ONE call.
+
+        Returns
+        -------
+        list of dict
+            One dict per structure with ``energy``/``free_energy`` (eV), ``forces`` [N,3]
+            (eV/A) and, for 3D-periodic cells, ``stress`` (Voigt 6, eV/A^3, ASE sign): the
+            same values :meth:`calculate` gives for each structure alone.
+
+        Why one call: the replicas share one compiled program and one neighbour-list
+        allocation ([R,N,K], sized for the densest replica), and torch models receive them
+        as one batched graph, so the cost is one dispatch instead of ``R``. The list is
+        built fresh for the batch (the single-structure list in ``self`` is left alone).
+        The calculator's own ``atoms``/``results`` are not touched.
+        """
+        images = list(images)
+        if not images:
+            return []
+        unknown = [p for p in properties if p not in self.implemented_properties]
+        if unknown:
+            raise ValueError(f"unknown properties {unknown}; implemented: {self.implemented_properties}")
+        numbers = np.asarray(images[0].numbers)
+        pbc = tuple(bool(p) for p in images[0].pbc)
+        for k, at in enumerate(images[1:], start=1):
+            if len(at) != len(numbers):
+                raise ValueError(f"calculate_batch needs structures with the same atoms: structure {k} has "
+                                 f"{len(at)} atoms, structure 0 has {len(numbers)}")
+            if not np.array_equal(at.numbers, numbers):
+                bad = int(np.flatnonzero(at.numbers != numbers)[0])
+                raise ValueError(f"calculate_batch needs the same species in the same order: structure {k} has "
+                                 f"{at.get_chemical_symbols()[bad]} at index {bad} where structure 0 has "
+                                 f"{images[0].get_chemical_symbols()[bad]} ({at.get_chemical_formula()} vs "
+                                 f"{images[0].get_chemical_formula()})")
+            if tuple(bool(p) for p in at.pbc) != pbc:
+                raise ValueError(f"calculate_batch needs the same pbc: structure {k} has {tuple(at.pbc)}, "
+                                 f"structure 0 has {pbc}")
+        self.model.check_elements(numbers)
+        step = len(images) if max_batch is None else int(max_batch)
+        if step < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        periodic3d = all(pbc) and all(at.cell.rank == 3 for at in images)
+        dtype = self.dtype or default_dtype()
+        results: list[dict] = []
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            pos = jnp.asarray(np.stack([at.positions for at in chunk]), dtype)
+            cel = jnp.asarray(np.stack([np.asarray(at.cell) for at in chunk]), dtype)
+            nbrs = nl.allocate(pos, cel, self.model.cutoff, skin=self.skin, pbc=pbc)
+            out = self._compute(pos, cel, jnp.asarray(numbers), nbrs)
+            energy = np.asarray(out.energy, dtype=float)
+            forces = np.asarray(out.forces, dtype=float)
+            stress = np.asarray(out.stress, dtype=float)
+            for r in range(len(chunk)):
+                res = {"energy": float(energy[r]), "free_energy": float(energy[r]), "forces": forces[r].copy()}
+                if periodic3d:
+                    res["stress"] = full_3x3_to_voigt_6_stress(stress[r])
+                results.append({p: res[p] for p in properties if p in res})
+        return results
