@@ -89,12 +89,17 @@ def build_model(name: str, tmpdir: str):
             lambda: MACECalculator(model_paths=path, device=str(efs.device), default_dtype="float32"), \
             "MACE, MACE-MP-0b medium hyper-parameters, random weights"
     if name == "orb-v2-random":
-        orb = family_module("orb")
-        builder = getattr(orb, "random_model_for_benchmark", None)
-        if builder is None:
-            raise RuntimeError("bridges.orb has no random_model_for_benchmark(); cannot build an ORB-v2-sized model")
-        efs, calc_factory = builder(tmpdir)
-        return as_jax_model(efs, device=str(efs.device)), efs, calc_factory, "ORB v2 architecture, random weights"
+        import torch
+        from orb_models.forcefield import pretrained
+        from orb_models.forcefield.calculator import ORBCalculator
+
+        torch.manual_seed(0)
+        net = pretrained.orb_v2_architecture(device="cpu").eval()  # orb-v2's full size, random weights
+        path = os.path.join(tmpdir, "orb-v2-random.ckpt")
+        torch.save(net.state_dict(), path)
+        efs = family_module("orb").load(path, architecture="orb-v2")
+        return as_jax_model(efs, device=str(efs.device)), efs, lambda: ORBCalculator(net, device=str(efs.device)), \
+            "ORB v2 architecture (15 message-passing steps), random weights"
     raise ValueError(f"unknown benchmark model {name!r}")
 
 

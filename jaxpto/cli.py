@@ -36,7 +36,7 @@ def _add_pto_options(p: argparse.ArgumentParser) -> None:
                         "`python -c 'import jaxpto; print(jaxpto.known_models())'` lists the names")
     p.add_argument("--out", default="pto-test", help="output directory (default ./pto-test)")
     p.add_argument("--quick", action="store_true",
-                   help="small protocol for a laptop CPU (40 atoms, 300/600/900 K, 200 steps); every output, "
+                   help="small protocol for a laptop CPU (40 atoms, 300/600/900 K, 500 steps); every output, "
                         "indicative numbers")
     p.add_argument("--temperatures", type=_floats, help="temperatures in K, e.g. 300,400,500 (default 300..1000 by 100)")
     p.add_argument("--steps", type=int, help="MD steps per sweep (default 50000)")

@@ -125,7 +125,11 @@ def verdict(m: dict) -> str:
             parts.append(f"its phonons of the relaxed tetragonal cell have imaginary modes "
                          f"(lowest {_fmt(ph.get('min_frequency_thz'), '.2f')} THz), i.e. the structure is not a minimum")
         else:
-            parts.append(f"its tetragonal phonons are stable (lowest {_fmt(ph.get('min_frequency_thz'), '.2f')} THz)")
+            low = f"lowest {_fmt(ph.get('min_frequency_thz'), '.2f')} THz"
+            if ph.get("min_frequency_is_acoustic_noise"):
+                low += (f", acoustic interpolation noise near Γ; lowest optical mode "
+                        f"{_fmt(ph.get('lowest_optical_thz'), '.2f')} THz")
+            parts.append(f"its tetragonal phonons are stable ({low})")
     npt = m.get("npt")
     if npt:
         calls = ", ".join(f"{r['temperature_k']:.0f} K {r.get('phase', '?')}" for r in npt)
