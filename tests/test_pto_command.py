@@ -98,3 +98,61 @@ def test_cli_sub_command_writes_its_part(tmp_path):
     res = json.load(open(os.path.join(out, "results.json")))
     (m,) = res["models"]
     assert set(m["parts"]) == {"nvt"} and len(m["nvt"]) == 1 and "static" not in m
+
+
+def test_report_overlays_several_models(tiny_run, tmp_path):
+    """Two models in one results file: side-by-side rows and one figure with both."""
+    import copy
+
+    from jaxpto.workflows.report import write_report
+
+    out, data, _ = tiny_run
+    two = copy.deepcopy(json.load(open(os.path.join(out, "results.json"))))
+    other = copy.deepcopy(two["models"][0])
+    other["model"] = "second-model"
+    two["models"].append(other)
+    path = write_report(str(tmp_path), two)
+    text = open(path).read()
+    assert "**chgnet-0.3.0**" in text and "**second-model**" in text
+    assert text.count("| second-model | 300 |") == 2  # one NPT row and one NVT row at 300 K
+    for f in ("static.png", "phonons.png", "npt_lattice.png", "nvt_polarization.png"):
+        assert os.path.getsize(tmp_path / f) > 0
+
+
+def test_killed_command_resumes_to_the_uninterrupted_result(tmp_path):
+    """Kill `jaxpto npt-sweep` after its first checkpoint, run the same command again: the result
+    equals an uninterrupted run's."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["npt-sweep", "--model", "lj", "--supercell", "2", "--temperatures", "300,600", "--steps", "300",
+            "--chunk-steps", "10", "--record-every", "5", "--average-last-ps", "0.2", "--no-progress",
+            "--dtype", "float64"]
+    cmd = [sys.executable, "-c", "import sys; from jaxpto.cli import main; sys.exit(main(sys.argv[1:]))"]
+    full = str(tmp_path / "full")
+    subprocess.run(cmd + args + ["--out", full], check=True, capture_output=True, timeout=600)
+    cut = str(tmp_path / "cut")
+    proc = subprocess.Popen(cmd + args + ["--out", cut], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = os.path.join(cut, "checkpoints", "lj-npt.pkl")
+    t0 = time.time()
+    while not os.path.exists(ckpt) and time.time() - t0 < 300 and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(ckpt), "no checkpoint was written before the kill"
+    import pickle
+
+    with open(ckpt, "rb") as fh:
+        assert pickle.load(fh)["done_steps"] < 300, "the run finished before it was killed"
+    assert not os.path.exists(os.path.join(cut, "results.json")) or \
+        "npt" not in json.load(open(os.path.join(cut, "results.json")))["models"][0]
+    subprocess.run(cmd + args + ["--out", cut], check=True, capture_output=True, timeout=600)
+    a = np.load(os.path.join(full, "lj", "npt_series.npz"))
+    b = np.load(os.path.join(cut, "lj", "npt_series.npz"))
+    for key in ("lattice", "temperature", "polarization", "site_rms"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    ra = json.load(open(os.path.join(full, "results.json")))["models"][0]["npt"]
+    rb = json.load(open(os.path.join(cut, "results.json")))["models"][0]["npt"]
+    assert ra == rb

@@ -244,7 +244,10 @@ def model_device_is_cpu() -> bool:
 def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     """jaxpto vs ASE, same model, same 1-replica NPT on the NPT supercell, timed in one run."""
     from ase import units
-    from ase.md.npt import NPT as AseNPT
+    try:  # ASE >= 3.27 name of the study's ase.md.npt.NPT (same class)
+        from ase.md.melchionna import MelchionnaNPT as AseNPT
+    except ImportError:
+        from ase.md.npt import NPT as AseNPT
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     from jaxpto.workflows.structures import polar_supercell
