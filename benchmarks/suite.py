@@ -285,6 +285,13 @@ def machine():
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
             "jax_devices": [str(d) for d in jax.devices()]}
     try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        if names:
+            info["cpu_model"] = names[0]
+    except OSError:
+        pass
+    try:
         import torch
 
         info["torch"] = torch.__version__

@@ -1,6 +1,7 @@
-"""Render a benchmark JSON (from engine_benchmark.py) as the Markdown table used in README.md.
+"""Render a benchmark JSON (engine_benchmark.py or suite.py) as the Markdown table used in README.md.
 
     python benchmarks/table.py benchmarks/results/engine-cpu.json
+    python benchmarks/table.py benchmarks/results/suite-cpu.json
 """
 
 import json
@@ -21,6 +22,29 @@ def engine_table(res: dict) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def suite_table(res: dict) -> str:
+    m = res["machine"]
+    head = (f"Machine: {m.get('gpu') or m.get('cpu_model') or m.get('processor') or m.get('platform')}, {m.get('cpu_count')} cores, JAX {m['jax']} "
+            f"({m['jax_backend']}), torch {m.get('torch')}, float32, dt = 2 fs.\n\n")
+    rows = ["| model | atoms | bare ms | jaxpto NVT ms | NPT ms | us/atom/step | ns/day | jaxpto/bare | ASE ms | ASE/jaxpto "
+            "| R=2 / R=4 throughput vs R=1 | TorchSim |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for p in res["points"]:
+        if "nvt" not in p:
+            rows.append(f"| {p['model']} | {p['n_atoms']} | error: {p.get('error', '?')} |")
+            continue
+        reps = " / ".join(f"{p['replicas'][r]['throughput_over_R1']:.2f}" for r in ("2", "4") if r in p.get("replicas", {}))
+        ase = f"{p['ase']['ms_per_step']:.1f}" if "ase" in p else ""
+        ratio = f"{p['ase_over_jaxpto']:.2f}" if "ase_over_jaxpto" in p else ""
+        ts = (f"{p['torchsim']['ms_per_step']:.1f} ms" if "torchsim" in p else
+              ("n/a (not installed)" if "torchsim_skipped" in p else "failed"))
+        rows.append(f"| {p['model']} | {p['n_atoms']} | {p['bare']['ms_per_step']:.1f} | {p['nvt']['ms_per_step']:.1f} | "
+                    f"{p['npt']['ms_per_step']:.1f} | {p['nvt']['us_per_atom_step']:.1f} | {p['nvt']['ns_per_day']:.3g} | "
+                    f"{p['jaxpto_over_bare']:.2f} | {ase} | {ratio} | {reps} | {ts} |")
+    return head + "\n".join(rows) + "\n"
+
+
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        print(engine_table(json.load(f)))
+        data = json.load(f)
+    print(suite_table(data) if "args" in data and "points" in data and "dtype" not in data else engine_table(data))
