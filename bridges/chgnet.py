@@ -318,13 +318,6 @@ def load(name, device=None, dtype=None) -> CHGNetEFS:
 
 
 def _as_torch_dtype(dtype) -> torch.dtype:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        out = torch.float32 if dtype is None else dtype
-    else:
-        import numpy as np
+    from bridges.torch_bridge import model_float_dtype
 
-        name = dtype.removeprefix("torch.") if isinstance(dtype, str) else np.dtype(dtype).name
-        out = {"float32": torch.float32, "float64": torch.float64}.get(name)
-    if out not in (torch.float32, torch.float64):
-        raise ValueError(f"unsupported dtype {dtype!r} for CHGNet; use float32 or float64")
-    return out
+    return model_float_dtype(dtype, "CHGNet")

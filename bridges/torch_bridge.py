@@ -76,6 +76,23 @@ def _torch_dtype(dtype):
             "bfloat16": torch.bfloat16}[name]
 
 
+def model_float_dtype(dtype, family: str):
+    """The torch float dtype a bridge runs its model in: float32 (default) or float64.
+
+    Accepts ``None``, a torch dtype, a numpy/JAX dtype or a name ("float64", "torch.float64");
+    anything else is a ``ValueError`` naming the ``family``.
+    """
+    torch = _torch()
+    if dtype is None or isinstance(dtype, torch.dtype):
+        out = torch.float32 if dtype is None else dtype
+    else:
+        name = dtype.removeprefix("torch.") if isinstance(dtype, str) else np.dtype(dtype).name
+        out = {"float32": torch.float32, "float64": torch.float64}.get(name)
+    if out not in (torch.float32, torch.float64):
+        raise ValueError(f"unsupported dtype {dtype!r} for {family}; use float32 or float64")
+    return out
+
+
 def edges_from_neighbors(positions, cell, neighbors, cutoff: float):
     """Edge arrays of the torch contract from the engine's neighbour list (JAX, jit-able).
 

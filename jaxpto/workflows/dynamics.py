@@ -119,7 +119,8 @@ def _initial(model: Model, p: SweepProtocol, dtype):
     from jaxpto.simulate import state_from_atoms
 
     atoms0 = polar_supercell(p.supercell, p.a, p.c, p.shifts)
-    model.check_elements(atoms0.numbers) if hasattr(model, "check_elements") else None
+    if hasattr(model, "check_elements"):
+        model.check_elements(atoms0.numbers)
     replicas = []
     for i, T in enumerate(p.temperatures_k):
         at = atoms0.copy()
@@ -308,7 +309,8 @@ def run_sweep(model: Model, protocol: SweepProtocol, *, model_name: str | None =
         done += k
         if first_call_chunk:
             # The first chunk of a call compiles the program: keep it out of the speed figures.
-            timing["first_chunk_seconds"] = wall if timing["first_chunk_seconds"] is None else timing["first_chunk_seconds"]
+            if timing["first_chunk_seconds"] is None:
+                timing["first_chunk_seconds"] = wall
             first_call_chunk = False
         else:
             timing["seconds"] += wall

@@ -189,12 +189,6 @@ def device_info() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load(name: str, dtype):
-    from bridges.registry import load_model
-
-    return load_model(name)
-
-
 def run_static(model, protocol: PTOProtocol, dtype=None) -> dict:
     from jaxpto.workflows.static import pto_static
 
@@ -329,7 +323,9 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
                 continue
             if model is None:
                 log(f"[{name}] loading model")
-                model = _load(name, dtype)
+                from bridges.registry import load_model
+
+                model = load_model(name)
             t0 = time.perf_counter()
             log(f"[{name}] {part} ...")
             relaxed_ca = (entry.get("static") or {}).get("c_over_a")
