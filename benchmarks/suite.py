@@ -4,18 +4,33 @@ For every model and PbTiO3 supercell (n^3 cells, 5 n^3 atoms) it measures, inter
 process on one device with one float type (float32):
 
 1. ``bare``     -- one energy+forces+stress call of the model on pre-built edges (torch models: the
-                  torch EFS object called directly with the engine's edge arrays; JAX-native: the
-                  jitted ``Model.compute`` with a pre-built neighbour list). The floor.
+                  torch EFS object called directly with the engine's edge arrays; JAX-native:
+                  ``Model.compute`` with a pre-built neighbour list, many calls in one compiled
+                  loop, as MD runs them, so Python's dispatch cost is not counted). The floor.
 2. ``nvt``/``npt`` -- one jaxpto MD step (Langevin NVT, Melchionna NPT), R = 1, from compiled
                   chunks of ``--steps`` steps (compilation excluded).
 3. ``replicas`` -- jaxpto Langevin with R = 2, 4, 8, ... replicas in one program (atom-steps/s).
 4. ``ase``      -- one step of ASE's ``Langevin`` with the model's own ASE calculator (the study's method).
-5. ``torchsim`` -- TorchSim (``torch-sim-atomistic``) Langevin with its wrapper of the same model,
-                  where it is installed (it needs Python >= 3.12); otherwise the JSON says why not.
+5. ``torchsim`` -- one step of TorchSim's (``torch-sim-atomistic`` >= 0.3.0) Langevin NVT
+                  (BAOAB; 2 fs, 300 K, friction 0.01/fs as jaxpto's), its step loop timed after
+                  ``init`` and a warm-up chunk, with TorchSim's wrapper of the very network object
+                  the jaxpto side runs (same weights, device, float32) and its own neighbour lists.
+                  Before timing, ``torchsim_agreement`` records both sides' energy and forces on
+                  the structure (``dE_per_atom``, ``max_dF``; ``same_model`` at float32 round-off).
+                  ``lj``: TorchSim's ``LennardJonesModel`` is plain truncated LJ (and its 0.3.0
+                  forces are 2x -dE/dr), so the TorchSim side runs ASE's smooth LJ as a TorchSim
+                  model (see ``_torchsim_lj``). CHGNet: TorchSim 0.3.0 has no wrapper
+                  (``torchsim_skipped``). Not installed: the JSON says why.
+
+All paths of a point are set up and warmed up first (compilation, TorchScript profiling runs and
+first calls excluded), then timed round-robin, one chunk of each path per round, ``--repeats``
+rounds: a drift of the machine's speed hits every path alike. All paths start from the same
+rattled polar structure with the same Maxwell-Boltzmann momenta at 300 K.
 
 Per point: median ms/step, us/atom/step, ns/day at 2 fs, peak memory (GPU: torch + JAX device
 peaks; CPU: the process's peak resident set, which only grows), and the ratios jaxpto/bare,
-ASE/jaxpto, TorchSim/jaxpto. Results: ``benchmarks/results/suite-<device>.json`` and a plot.
+ASE/jaxpto, TorchSim/jaxpto. Units are ASE's (eV, A) throughout. Results:
+``benchmarks/results/suite-<device>.json`` and a plot.
 
 Usage::
 
@@ -137,6 +152,20 @@ def _median_time(fn, repeats):
     return statistics.median(ts)
 
 
+def interleaved_seconds_per_step(runners: dict, repeats: int) -> dict:
+    """Median seconds per step of every path, timed round-robin: each round runs one chunk of
+    every path in turn, so a drift of the machine's speed (this VM's varies up to 2x over
+    minutes) hits all paths alike and the ratios compare like with like.
+    ``runners``: key -> (chunk callable, steps per chunk), already warmed up."""
+    times = {k: [] for k in runners}
+    for _ in range(repeats):
+        for key, (chunk, steps) in runners.items():
+            t0 = time.perf_counter()
+            chunk()
+            times[key].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _peak_memory():
     out = {"host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     try:
@@ -158,16 +187,29 @@ def _peak_memory():
     return out
 
 
-def _atoms(n, seed=0):
+def _atoms(n, seed=0, T=300.0):
+    """The study's polar PbTiO3 start, n^3 cells, rattled by 0.02 A, Maxwell-Boltzmann momenta at
+    T (seeded): every path starts from these positions and momenta."""
     from jaxpto.workflows.structures import polar_supercell
 
     atoms = polar_supercell(n)
     rng = np.random.default_rng(seed)
     atoms.positions += rng.normal(0, 0.02, atoms.positions.shape)
-    return atoms
+    return _with_momenta(atoms, T, seed)
 
 
-def time_bare(model, efs, atoms, repeats):
+def _with_momenta(atoms, T, seed):
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    a = atoms.copy()
+    MaxwellBoltzmannDistribution(a, temperature_K=T, rng=np.random.default_rng(seed + 1000))
+    Stationary(a)
+    return a
+
+
+def prepare_bare(model, efs, atoms):
+    """``(callable, calls per invocation)``, warmed up: energy+forces+stress on a pre-built
+    neighbour list / pre-built edges (the floor); torch models: one direct call of the torch EFS."""
     import jax
     import jax.numpy as jnp
 
@@ -177,9 +219,28 @@ def time_bare(model, efs, atoms, repeats):
     cell = jnp.asarray(np.asarray(atoms.cell)[None], jnp.float32)
     nbrs = nl.allocate(pos, cell, model.cutoff, skin=1.0, pbc=(True, True, True))
     if efs is None:
-        f = jax.jit(model.compute)
         z = jnp.asarray(atoms.numbers)
-        call = lambda: jax.block_until_ready(f(pos, cell, z, nbrs).energy)  # noqa: E731
+        f = jax.jit(model.compute)
+        one = lambda: jax.block_until_ready(f(pos, cell, z, nbrs))  # noqa: E731
+        one()
+        # A JAX-native call takes micro- to milliseconds, comparable to the cost of dispatching
+        # one jitted call from Python; the MD chunks run hundreds of steps per dispatch. So the
+        # floor is `k` calls inside one compiled loop (each call's input depends on the last
+        # one's forces by a 1e-30 factor, so XLA cannot hoist or merge them): seconds per call.
+        t0 = time.perf_counter()
+        one()
+        k = int(min(1000, max(1, np.ceil(0.1 / max(time.perf_counter() - t0, 1e-6)))))
+
+        @jax.jit
+        def calls(p):
+            def body(_, carry):
+                p, e = carry
+                out = model.compute(p, cell, z, nbrs)
+                return p + jnp.asarray(1e-30, p.dtype) * out.forces, e + out.energy
+            return jax.lax.fori_loop(0, k, body, (p, jnp.zeros(p.shape[0], p.dtype)))
+
+        jax.block_until_ready(calls(pos))
+        return lambda: jax.block_until_ready(calls(pos)), k
     else:
         import torch
 
@@ -198,21 +259,23 @@ def time_bare(model, efs, atoms, repeats):
                 torch.cuda.synchronize()
             return out
     call()
-    return _median_time(call, repeats)
+    call()
+    return call, 1
 
 
-def time_jaxpto(model, atoms, ensemble, replicas, steps, repeats, T=300.0):
+def prepare_jaxpto(model, atoms, ensemble, replicas, steps, T=300.0):
+    """A warmed-up (compiled) callable taking ``steps`` jaxpto steps: Langevin NVT (friction
+    0.01/fs) or Melchionna NPT (ttime 25 fs, pfactor (75 fs)^2 B, P = 0), 2 fs, ``replicas``
+    copies of ``atoms`` (momenta as given, replica r > 0 re-drawn at T with seed r)."""
     import jax
     from ase import units
 
     from jaxpto.integrators import langevin, melchionna_npt
     from jaxpto.simulate import run_chunk, state_from_atoms
 
-    atoms_list = []
-    for r in range(replicas):
-        a = atoms.copy()
-        a.set_momenta(np.random.default_rng(r).normal(0, 0.3, (len(a), 3)) * np.sqrt(a.get_masses())[:, None])
-        atoms_list.append(a)
+    atoms_list = [atoms.copy()]
+    for r in range(1, replicas):
+        atoms_list.append(_with_momenta(atoms, T, seed=r))
     state, force_fn = state_from_atoms(atoms_list, model, seed=0, skin=1.0, dtype=np.float32)
     dt = 2 * units.fs
     if ensemble == "npt":
@@ -228,10 +291,12 @@ def time_jaxpto(model, atoms, ensemble, replicas, steps, repeats, T=300.0):
         jax.block_until_ready(holder["s"].positions)
 
     chunk()  # compile + warm-up
-    return _median_time(chunk, repeats) / steps
+    return chunk
 
 
-def time_ase(calc_factory, atoms, steps, repeats, T=300.0):
+def prepare_ase(calc_factory, atoms, steps, T=300.0):
+    """A warmed-up callable taking ``steps`` steps of ASE's Langevin (2 fs, 0.01/fs) with the
+    model's own ASE calculator (the study's method)."""
     from ase import units
     from ase.md.langevin import Langevin
 
@@ -239,39 +304,224 @@ def time_ase(calc_factory, atoms, steps, repeats, T=300.0):
     a.calc = calc_factory()
     dyn = Langevin(a, 2 * units.fs, temperature_K=T, friction=0.01 / units.fs)
     dyn.run(1)
-    return _median_time(lambda: dyn.run(steps), repeats) / steps
+    return lambda: dyn.run(steps)
 
 
-def time_torchsim(name, atoms, steps, repeats, T=300.0):
-    """TorchSim Langevin with its own wrapper of the model; raises ImportError where not installed."""
+# ----------------------------------------------------------------------------------------- TorchSim
+#
+# TorchSim's own units are ASE's (eV, A, amu; time in A sqrt(amu/eV)); only its high-level
+# ``integrate`` runner takes the timestep in ps and the temperature in K. Its integrators take
+# dt, kT (eV) and gamma in those internal units, converted here with ``torch_sim.units.MetalUnits``
+# (``MetalUnits.time`` = 1 ps, ``MetalUnits.temperature`` = k_B in eV/K).
+
+def _torchsim_lj(params, device, dtype):
+    """TorchSim model computing exactly jaxpto's (= ASE's) Lennard-Jones, ``LJ_PARAMS`` included.
+
+    TorchSim's ``LennardJonesModel`` is the plain truncated 12-6 potential: no energy shift and no
+    smooth cutoff, so it cannot represent ``smooth=True`` (the forces differ for every pair between
+    ro = 0.66 rc and rc). Moreover in torch-sim-atomistic 0.3.0 its forces are twice -dE/dr (each
+    pair of its full neighbour list is applied to both atoms) and its periodic shifts use the
+    transposed cell. So the benchmark runs the same potential on both sides: this ``ModelInterface``
+    with TorchSim's own neighbour list (``vesin_nl_ts``, as its LJ and MACE/SevenNet wrappers use)
+    and ASE's pair energy with analytic forces, the same work per pair as TorchSim's LJ.
+    """
     import torch
-    import torch_sim as ts  # noqa: F401  (ImportError = not installed)
+    from torch_sim.models.interface import ModelInterface
+    from torch_sim.neighbors import vesin_nl_ts
+    from torch_sim.state import SimState
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "7net-0":
-        from sevenn.util import load_checkpoint
-        from torch_sim.models.sevennet import SevenNetModel
+    sigma, eps = float(params["sigma"]), float(params["epsilon"])
+    rc = float(params.get("rc") or 3.0 * sigma)
+    ro = float(params.get("ro") or 0.66 * rc)
+    smooth = bool(params.get("smooth", False))
+    xc, xo = rc * rc, ro * ro
+    e_rc = 4.0 * eps * ((sigma / rc) ** 12 - (sigma / rc) ** 6)
 
-        cp = load_checkpoint("7net-0")
-        model = SevenNetModel(model=cp.build_model(), modal=None, device=dev)
-    elif name == "mace-medium-random":
+    class AseLennardJones(ModelInterface):
+        def __init__(self):
+            super().__init__()
+            self._device, self._dtype = torch.device(device), dtype
+            self._compute_forces, self._compute_stress = True, False
+            self.cutoff = torch.tensor(rc, dtype=dtype, device=self._device)
+
+        def forward(self, state, **_):
+            if isinstance(state, dict):
+                state = SimState(**state, masses=torch.ones_like(state["positions"]))
+            energies, forces = [], []
+            for b in range(int(state.system_idx.max()) + 1):
+                pos = state.positions[state.system_idx == b]
+                cell = state.row_vector_cell[b]
+                (i, j), shifts = vesin_nl_ts(positions=pos, cell=cell, pbc=state.pbc, cutoff=self.cutoff)
+                d = pos[j] - pos[i] + shifts @ cell
+                x = (d * d).sum(-1)
+                inside = x <= xc
+                x = torch.where(inside, x, torch.full_like(x, xc))
+                c6 = (sigma * sigma / x) ** 3
+                u = 4.0 * eps * (c6 * c6 - c6)
+                du = -24.0 * eps * (2.0 * c6 * c6 - c6) / x  # (du/dr) / r
+                if smooth:
+                    fc = torch.where(x < xo, torch.ones_like(x),
+                                     (xc - x) ** 2 * (xc + 2 * x - 3 * xo) / (xc - xo) ** 3)
+                    dfc = torch.where(x < xo, torch.zeros_like(x), 6.0 * (xc - x) * (xo - x) / (xc - xo) ** 3)
+                    u, du = u * fc, du * fc + 2.0 * u * dfc  # d(u fc)/dr / r, fc' = dfc/dx
+                else:
+                    u = u - e_rc
+                zero = torch.zeros_like(u)
+                u, du = torch.where(inside, u, zero), torch.where(inside, du, zero)
+                energies.append(0.5 * u.sum())  # full list: every pair twice
+                # F_i = sum_j (du/dr) d_ij / r over the full list (both halves of each pair's
+                # energy depend on r_i, so no factor 1/2 here).
+                forces.append(torch.zeros_like(pos).index_add_(0, i, du[:, None] * d))
+            return {"energy": torch.stack(energies), "forces": torch.cat(forces)}
+
+    return AseLennardJones()
+
+
+def torchsim_model(name, efs, device=None):
+    """TorchSim's wrapper of the very network the jaxpto side runs (``efs.model``: same object,
+    device and float32 dtype; the wrappers move/cast it in place, so both must be efs's own), or
+    the ASE-equivalent LJ above for ``lj``. Wrapper options are TorchSim's defaults (stress on for
+    MACE/ORB/SevenNet, as jaxpto's torch bridges compute it too). ``NotImplementedError`` where
+    TorchSim has no wrapper for the family."""
+    import torch
+    import torch_sim  # noqa: F401  (ImportError: not installed)
+
+    if efs is None:
+        if name != "lj":
+            raise NotImplementedError(f"no TorchSim counterpart for the JAX-native model {name}")
+        import jax
+
+        dev = device or ("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+        return _torchsim_lj(LJ_PARAMS, dev, torch.float32)
+    family = type(efs).__module__.rsplit(".", 1)[-1]
+    dev, dt = efs.device, next(efs.model.parameters()).dtype
+    if family == "sevenn":
+        return _torchsim_sevennet_cls()(model=efs.model, modal=efs.modal, device=dev, dtype=dt)
+    if family == "mace":
         from torch_sim.models.mace import MaceModel
 
-        model = MaceModel(model=_random_mace_medium().to(dev), device=dev, dtype=torch.float32, compute_forces=True)
-    else:
-        raise NotImplementedError(f"no TorchSim wrapper for {name} in this suite")
-    integrator = getattr(getattr(ts, "Integrator", None), "nvt_langevin", None) or ts.nvt_langevin
+        return MaceModel(model=efs.model, device=dev, dtype=dt)  # its default dtype is float64
+    if family == "orb":
+        from orb_models.forcefield.atomic_system import SystemConfig
+        from torch_sim.models.orb import OrbModel
 
-    def run():
-        ts.integrate(system=atoms, model=model, integrator=integrator, n_steps=steps, temperature=T, timestep=0.002)
-        if dev.type == "cuda":
+        config = SystemConfig(radius=efs.radius, max_num_neighbors=efs.max_num_neighbors)
+        return OrbModel(model=efs.model, system_config=config, conservative=efs.conservative, device=dev, dtype=dt)
+    if family == "chgnet":
+        try:
+            from torch_sim.models.chgnet import CHGNetModel  # newer TorchSim releases only
+        except ImportError:
+            raise NotImplementedError(f"TorchSim {_torchsim_version()} has no CHGNet wrapper "
+                                      "(no torch_sim.models.chgnet)") from None
+        return CHGNetModel(model=efs.model, device=dev, dtype=dt)
+    raise NotImplementedError(f"no TorchSim wrapper for {name} ({type(efs).__name__}) in this suite")
+
+
+def _torchsim_sevennet_cls():
+    """SevenNet's own TorchSim wrapper (``sevenn.torchsim``, sevenn >= 0.13; it needs a TorchSim
+    newer than 0.3.0) where it imports, else TorchSim's ``torch_sim.models.sevennet``."""
+    try:
+        from sevenn.torchsim import SevenNetModel
+
+        return SevenNetModel
+    except ImportError:
+        pass
+    import torch
+    import torch_sim.models.sevennet as tsm
+
+    # TorchSim 0.3.0 imports ``torch_script_type`` from ``sevenn.calculator``, which sevenn 0.13
+    # dropped; the failed import also leaves ``Collater`` undefined (NameError in forward).
+    # Restore both names as they were (sevenn < 0.13: RecursiveScriptModule).
+    if not hasattr(tsm, "Collater"):
+        from torch_geometric.loader.dataloader import Collater
+
+        tsm.Collater = Collater
+    if not hasattr(tsm, "torch_script_type"):
+        tsm.torch_script_type = torch.jit.RecursiveScriptModule
+    return tsm.SevenNetModel
+
+
+def _jaxpto_energy_forces(model, atoms):
+    import jax.numpy as jnp
+
+    from jaxpto import neighbors as nl
+
+    pos = jnp.asarray(atoms.positions[None], jnp.float32)
+    cell = jnp.asarray(np.asarray(atoms.cell)[None], jnp.float32)
+    nbrs = nl.allocate(pos, cell, model.cutoff, skin=1.0, pbc=(True, True, True))
+    out = model.compute(pos, cell, jnp.asarray(atoms.numbers), nbrs)
+    return float(out.energy[0]), np.asarray(out.forces[0], np.float64)
+
+
+def torchsim_agreement(ts_model, model, atoms):
+    """Energy and forces of the TorchSim model and of the jaxpto model on ``atoms`` (eV, eV/A)."""
+    import torch_sim as ts
+
+    e_j, f_j = _jaxpto_energy_forces(model, atoms)
+    out = ts_model(ts.initialize_state(atoms, ts_model.device, ts_model.dtype))
+    e_t = float(out["energy"].reshape(-1)[0])
+    f_t = out["forces"].detach().cpu().double().numpy().reshape(f_j.shape)
+    return {"E_jaxpto": e_j, "E_torchsim": e_t, "dE_per_atom": abs(e_t - e_j) / len(atoms),
+            "max_dF": float(np.abs(f_t - f_j).max()), "max_abs_F": float(np.abs(f_j).max())}
+
+
+def _torchsim_langevin(ts_model, T, dt_fs=2.0, friction_per_fs=0.01, seed=0):
+    """(init, step) of TorchSim's Langevin (BAOAB) NVT at the jaxpto side's settings
+    (2 fs, T, friction 0.01/fs), for 0.3.0 (``nvt_langevin`` returning (init, update)) and for
+    later releases (``nvt_langevin_init``/``nvt_langevin_step`` taking the model)."""
+    import torch
+    from ase import units
+    from torch_sim import integrators
+    from torch_sim.units import MetalUnits
+
+    fs = 1e-3 * MetalUnits.time  # TorchSim's time unit is ASE's: 1 fs = 0.0982...
+    if abs(fs / units.fs - 1) > 1e-6:  # a later TorchSim with other internal units
+        raise RuntimeError(f"TorchSim's 1 fs is {fs} internal units, ASE's {units.fs}")
+    t = lambda v: torch.tensor(v, device=ts_model.device, dtype=ts_model.dtype)  # noqa: E731
+    dt, kT, gamma = t(dt_fs * fs), t(T * MetalUnits.temperature), t(friction_per_fs / fs)
+    torch.manual_seed(seed)  # 0.3.0 draws the noise from torch's global generator
+    if hasattr(integrators, "nvt_langevin_step"):
+        def init(state):
+            return integrators.nvt_langevin_init(state, ts_model, kT=kT)
+
+        def step(state):
+            return integrators.nvt_langevin_step(state, ts_model, dt=dt, kT=kT, gamma=gamma)
+
+        return init, step
+    return integrators.nvt_langevin(ts_model, dt=dt, kT=kT, gamma=gamma, seed=seed)
+
+
+def prepare_torchsim(ts_model, atoms, steps, T=300.0):
+    """A warmed-up callable taking ``steps`` steps of TorchSim's Langevin step loop: state built
+    and ``init`` called once, one warm-up chunk (setup excluded, as on the jaxpto side)."""
+    import torch
+    import torch_sim as ts
+
+    init, step = _torchsim_langevin(ts_model, T)
+    holder = {"s": init(ts.initialize_state(atoms, ts_model.device, ts_model.dtype))}
+    cuda = torch.device(ts_model.device).type == "cuda"
+
+    def chunk():
+        s = holder["s"]
+        for _ in range(steps):
+            s = step(s)
+        if cuda:
             torch.cuda.synchronize()
+        holder["s"] = s
+        if not torch.isfinite(s.positions).all():
+            raise FloatingPointError("TorchSim trajectory went non-finite")
 
-    run()
-    return _median_time(run, repeats) / steps
+    chunk()
+    return chunk
 
 
 # ----------------------------------------------------------------------------------------- driver
+
+def _torchsim_version():
+    from importlib.metadata import version
+
+    return version("torch-sim-atomistic")
+
 
 def _point(seconds, n_atoms, replicas=1):
     return {"ms_per_step": 1e3 * seconds, "us_per_atom_step": 1e6 * seconds / (n_atoms * replicas),
@@ -281,7 +531,9 @@ def _point(seconds, n_atoms, replicas=1):
 def machine():
     import jax
 
-    info = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
+    import ase
+
+    info = {"ase": ase.__version__, "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
             "jax_devices": [str(d) for d in jax.devices()]}
     try:
@@ -345,16 +597,18 @@ def main(argv=None):
             N = len(atoms)
             p = {"model": name, "description": desc, "cells": n, "n_atoms": N}
             try:
-                bare_s = time_bare(model, efs, atoms, args.repeats)
-                p["bare"] = _point(bare_s, N)
+                bare, bare_calls = prepare_bare(model, efs, atoms)
+                bare_s = _median_time(bare, 2) / bare_calls
                 # Chunks of at least ~0.3 s, so that the per-chunk host check does not count for
                 # fast (JAX-native) models; ML models take --steps steps per chunk.
                 steps = int(min(1000, max(args.steps, np.ceil(0.3 / bare_s))))
                 p["steps_per_chunk"] = steps
+                # Every path is set up and warmed up first, then timed round-robin (see
+                # interleaved_seconds_per_step), so that all ratios of a point share the same
+                # machine state.
+                runners = {"bare": (bare, bare_calls)}
                 for ens in ("nvt", "npt"):
-                    p[ens] = _point(time_jaxpto(model, atoms, ens, 1, steps, args.repeats), N)
-                p["jaxpto_over_bare"] = p["nvt"]["ms_per_step"] / p["bare"]["ms_per_step"]
-                p["replicas"] = {}
+                    runners[ens] = (prepare_jaxpto(model, atoms, ens, 1, steps), steps)
                 for R in args.replicas:
                     if R == 1:
                         continue
@@ -362,25 +616,45 @@ def main(argv=None):
                         result["skipped"].append({"model": name, "n_atoms": N, "replicas": R,
                                                   "reason": f"R*N = {R * N} > --max-total-atoms {args.max_total_atoms}"})
                         continue
-                    p["replicas"][str(R)] = _point(time_jaxpto(model, atoms, "nvt", R, steps, args.repeats), N, R)
-                    p["replicas"][str(R)]["throughput_over_R1"] = \
-                        p["replicas"][str(R)]["atom_steps_per_s"] / p["nvt"]["atom_steps_per_s"]
+                    runners[f"R{R}"] = (prepare_jaxpto(model, atoms, "nvt", R, steps), steps)
                 if N <= args.ase_max_atoms:
-                    p["ase"] = _point(time_ase(calc_factory, atoms, max(1, min(steps, 50) // 2), args.repeats), N)
-                    p["ase_over_jaxpto"] = p["ase"]["ms_per_step"] / p["nvt"]["ms_per_step"]
+                    ase_steps = max(1, min(steps, 50) // 2)
+                    runners["ase"] = (prepare_ase(calc_factory, atoms, ase_steps), ase_steps)
                 else:
                     result["skipped"].append({"model": name, "n_atoms": N, "path": "ase",
                                               "reason": f"N > --ase-max-atoms {args.ase_max_atoms}"})
                 try:
-                    p["torchsim"] = _point(time_torchsim(name, atoms, args.steps, args.repeats), N)
-                    p["torchsim_over_jaxpto"] = p["torchsim"]["ms_per_step"] / p["nvt"]["ms_per_step"]
+                    ts_model = torchsim_model(name, efs)
+                    p["torchsim_agreement"] = agree = torchsim_agreement(ts_model, model, atoms)
+                    # float32 round-off on both sides; anything larger is a different model
+                    agree["same_model"] = bool(agree["dE_per_atom"] < 1e-4
+                                               and agree["max_dF"] < 1e-3 * max(1.0, agree["max_abs_F"]))
+                    runners["torchsim"] = (prepare_torchsim(ts_model, atoms, steps), steps)
+                    p["torchsim_version"] = _torchsim_version()
+                    p["torchsim_wrapper"] = f"{type(ts_model).__module__}.{type(ts_model).__qualname__}"
                 except ImportError as exc:
-                    p["torchsim_skipped"] = (f"torch-sim-atomistic not importable here ({exc}); it needs "
-                                             f"Python >= 3.12 (this is {platform.python_version()})")
+                    p["torchsim_skipped"] = (f"TorchSim side not importable here ({type(exc).__name__}: {exc}); "
+                                             "pip install torch-sim-atomistic (0.3.0 is the last for Python 3.11)")
                 except NotImplementedError as exc:
                     p["torchsim_skipped"] = str(exc)
                 except Exception as exc:
                     p["torchsim_failed"] = f"{type(exc).__name__}: {exc}"
+                sec = interleaved_seconds_per_step(runners, args.repeats)
+                for key in ("bare", "nvt", "npt", "ase", "torchsim"):
+                    if key in sec:
+                        p[key] = _point(sec[key], N)
+                p["jaxpto_over_bare"] = p["nvt"]["ms_per_step"] / p["bare"]["ms_per_step"]
+                p["replicas"] = {}
+                for key in sec:
+                    if key.startswith("R"):
+                        R = int(key[1:])
+                        p["replicas"][str(R)] = _point(sec[key], N, R)
+                        p["replicas"][str(R)]["throughput_over_R1"] = \
+                            p["replicas"][str(R)]["atom_steps_per_s"] / p["nvt"]["atom_steps_per_s"]
+                if "ase" in p:
+                    p["ase_over_jaxpto"] = p["ase"]["ms_per_step"] / p["nvt"]["ms_per_step"]
+                if "torchsim" in p:
+                    p["torchsim_over_jaxpto"] = p["torchsim"]["ms_per_step"] / p["nvt"]["ms_per_step"]
                 p["memory"] = _peak_memory()
             except Exception as exc:
                 p["error"] = f"{type(exc).__name__}: {exc}"
@@ -393,6 +667,8 @@ def main(argv=None):
                 line += f"; jaxpto/bare {p['jaxpto_over_bare']:.3f}"
             if "ase_over_jaxpto" in p:
                 line += f"; ASE/jaxpto {p['ase_over_jaxpto']:.2f}"
+            if "torchsim_over_jaxpto" in p:
+                line += f"; TorchSim/jaxpto {p['torchsim_over_jaxpto']:.2f}"
             print(line + (f"; ERROR {p['error']}" if "error" in p else ""), flush=True)
     if not gpu:
         result["notes"].append("No GPU in this run: the GPU part of the suite was skipped (run the same command "

@@ -24,23 +24,33 @@ def engine_table(res: dict) -> str:
 
 def suite_table(res: dict) -> str:
     m = res["machine"]
-    head = (f"Machine: {m.get('gpu') or m.get('cpu_model') or m.get('processor') or m.get('platform')}, {m.get('cpu_count')} cores, JAX {m['jax']} "
-            f"({m['jax_backend']}), torch {m.get('torch')}, float32, dt = 2 fs.\n\n")
-    rows = ["| model | atoms | bare ms | jaxpto NVT ms | NPT ms | us/atom/step | ns/day | jaxpto/bare | ASE ms | ASE/jaxpto "
-            "| R=2 / R=4 throughput vs R=1 | TorchSim |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    ts_versions = sorted({p["torchsim_version"] for p in res["points"] if "torchsim_version" in p})
+    head = (f"Machine: {m.get('gpu') or m.get('cpu_model') or m.get('processor') or m.get('platform')}, "
+            f"{m.get('cpu_count')} cores, JAX {m['jax']} ({m['jax_backend']}), torch {m.get('torch')}, "
+            f"ASE {m.get('ase', '?')}, TorchSim {', '.join(ts_versions) or 'not run'}, float32, dt = 2 fs, "
+            f"Langevin NVT 300 K (NPT: Melchionna); median of {res['args'].get('repeats')} round-robin rounds.\n\n")
+    rows = ["| model | atoms | bare ms | jaxpto NVT ms | NPT ms | us/atom/step | ns/day | jaxpto/bare | ASE ms "
+            "| ASE/jaxpto | TorchSim ms | TorchSim/jaxpto | R=2 / R=4 / R=8 throughput vs R=1 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+
+    def ms(x):
+        return f"{x:.3g}" if x < 10 else f"{x:.0f}"
+
     for p in res["points"]:
         if "nvt" not in p:
             rows.append(f"| {p['model']} | {p['n_atoms']} | error: {p.get('error', '?')} |")
             continue
-        reps = " / ".join(f"{p['replicas'][r]['throughput_over_R1']:.2f}" for r in ("2", "4") if r in p.get("replicas", {}))
-        ase = f"{p['ase']['ms_per_step']:.1f}" if "ase" in p else ""
+        reps = " / ".join(f"{p['replicas'][r]['throughput_over_R1']:.2f}" for r in ("2", "4", "8")
+                          if r in p.get("replicas", {}))
+        ase = ms(p["ase"]["ms_per_step"]) if "ase" in p else ""
         ratio = f"{p['ase_over_jaxpto']:.2f}" if "ase_over_jaxpto" in p else ""
-        ts = (f"{p['torchsim']['ms_per_step']:.1f} ms" if "torchsim" in p else
-              ("n/a (not installed)" if "torchsim_skipped" in p else "failed"))
-        rows.append(f"| {p['model']} | {p['n_atoms']} | {p['bare']['ms_per_step']:.1f} | {p['nvt']['ms_per_step']:.1f} | "
-                    f"{p['npt']['ms_per_step']:.1f} | {p['nvt']['us_per_atom_step']:.1f} | {p['nvt']['ns_per_day']:.3g} | "
-                    f"{p['jaxpto_over_bare']:.2f} | {ase} | {ratio} | {reps} | {ts} |")
+        if "torchsim" in p:
+            ts, ts_ratio = ms(p["torchsim"]["ms_per_step"]), f"{p['torchsim_over_jaxpto']:.2f}"
+        else:
+            ts, ts_ratio = ("n/a" if "torchsim_skipped" in p else "failed"), ""
+        rows.append(f"| {p['model']} | {p['n_atoms']} | {ms(p['bare']['ms_per_step'])} | {ms(p['nvt']['ms_per_step'])} | "
+                    f"{ms(p['npt']['ms_per_step'])} | {p['nvt']['us_per_atom_step']:.3g} | {p['nvt']['ns_per_day']:.3g} | "
+                    f"{p['jaxpto_over_bare']:.2f} | {ase} | {ratio} | {ts} | {ts_ratio} | {reps} |")
     return head + "\n".join(rows) + "\n"
 
 

@@ -58,6 +58,8 @@ import zipfile
 
 import torch
 
+from bridges.torch_bridge import resolve_device
+
 __all__ = ["MODEL_NAMES", "MACEEFS", "load", "load_mace_module", "looks_like", "efs_from_calculator",
            "e3nn_legacy_unpickling", "mace_cache_path"]
 
@@ -114,12 +116,6 @@ def _as_torch_dtype(dtype) -> torch.dtype:
     from bridges.torch_bridge import model_float_dtype
 
     return model_float_dtype(dtype, "MACE")
-
-
-def _resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _symbol(z: int) -> str:
@@ -497,7 +493,7 @@ def load(name_or_path, *, device=None, dtype=None, head: str | None = None, down
     if kw:
         raise TypeError(f"unexpected arguments for a MACE model: {', '.join(kw)}")
     tdt = _as_torch_dtype(dtype)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     name = os.fspath(name_or_path)
     key = name.strip().lower()
     if key in MODEL_NAMES:

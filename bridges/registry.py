@@ -123,17 +123,8 @@ def _default_torch_device(device):
     return "cpu"
 
 
-def _torch_dtype(dtype):
-    if dtype is None:
-        return None
-    import torch
-    from bridges.torch_bridge import _torch_dtype as conv
-
-    return dtype if isinstance(dtype, torch.dtype) else conv(dtype)
-
-
 def _load_torch(family: str, name: str, device, dtype, kw) -> "Model":
-    from bridges.torch_bridge import as_jax_model
+    from bridges.torch_bridge import _torch_dtype, as_jax_model
 
     dev = _default_torch_device(device)
     tdt = _torch_dtype(dtype)

@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from bridges.torch_bridge import resolve_device
+
 SEVENNET_MODELS = ("7net-0", "7net-l3i5", "7net-mf-0")
-
-
-def _resolve_device(device):
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class SevenNetEFS:
@@ -56,7 +52,7 @@ class SevenNetEFS:
         cp = util.load_checkpoint(str(model))
         net = cp.build_model(enable_cueq=enable_cueq) if enable_cueq else cp.build_model()
         net.set_is_batch_data(True)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         net = net.to(self.device)
         net.eval()
         self.model = net

@@ -76,6 +76,15 @@ def _torch_dtype(dtype):
             "bfloat16": torch.bfloat16}[name]
 
 
+def resolve_device(device):
+    """The torch device a bridge loads its model on: ``None``/``"auto"`` -> CUDA where torch has
+    it, else the CPU; anything else as ``torch.device`` reads it ("cpu", "cuda:1", ...)."""
+    torch = _torch()
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def model_float_dtype(dtype, family: str):
     """The torch float dtype a bridge runs its model in: float32 (default) or float64.
 
@@ -104,7 +113,7 @@ def edges_from_neighbors(positions, cell, neighbors, cutoff: float):
     jj = jnp.where(mask, j, i)
     pi = jnp.take_along_axis(positions, i[..., None], axis=1)
     pj = jnp.take_along_axis(positions, jj[..., None], axis=1)
-    d = pj - pi + jnp.einsum("rek,rkl->rel", shifts, cell)
+    d = pj - pi + nl.image_displacements(shifts, cell[:, None])
     within = mask & (jnp.sum(d * d, axis=-1) < jnp.asarray(cutoff, d.dtype) ** 2)
     dst = jnp.where(within, j, i)
     shift = jnp.where(within[..., None], shifts, jnp.zeros((), shifts.dtype))

@@ -66,6 +66,7 @@ class NeighborList:
     pbc: tuple = struct.field(pytree_node=False)
     grid: tuple | None = struct.field(pytree_node=False, default=None)  # cell-list bins per direction
     bin_capacity: int = struct.field(pytree_node=False, default=0)
+    ghost_capacity: int = struct.field(pytree_node=False, default=0)  # all-pairs path: candidate images kept
 
     @property
     def n_atoms(self) -> int:
@@ -119,16 +120,26 @@ def _needed_images_traced(cell, pbc, rmax):
     return jnp.where(jnp.asarray(pbc), needed, 0.0)
 
 
-def _compact_row(mask_row, values, capacity, fill):
-    """Keep the ``True`` entries of ``mask_row`` in order, in ``capacity`` slots (rest = fill)."""
-    slot = jnp.cumsum(mask_row) - 1
-    slot = jnp.where(mask_row & (slot < capacity), slot, capacity)
-    out = []
-    for v, f in zip(values, fill):
-        shape = (capacity + 1,) + v.shape[1:]
-        buf = jnp.full(shape, f, dtype=v.dtype).at[slot].set(v, mode="drop")
-        out.append(buf[:capacity])
-    return out
+def _first_true(mask_row, capacity):
+    """Positions of the first ``capacity`` ``True`` entries of ``mask_row``, in order.
+
+    Returns ``(pos [capacity], found [capacity])``; slots past the last ``True`` entry have
+    ``found = False``. Selection by ``lax.top_k`` on the key ``C - position`` (0 where
+    masked): the first true entries have the largest keys, in order. This is several times
+    faster on CPU than a cumsum + scatter compaction (XLA's row cumsum and scatter are slow
+    there) and yields the same list. The key is float32 (XLA's CPU top_k is far slower on
+    integers), exact for ``C < 2**24`` candidates. A row with more than ``capacity``
+    entries is caught by the caller's counts (overflow), never silently cut.
+    """
+    c = mask_row.shape[0]
+    k = min(capacity, c)
+    key = jnp.where(mask_row, jnp.asarray(c, jnp.float32) - jnp.arange(c, dtype=jnp.float32), 0.0)
+    top, pos = jax.lax.top_k(key, k)
+    found = top > 0
+    if k < capacity:  # fewer candidates than slots (tiny systems)
+        pos = jnp.concatenate([pos, jnp.zeros(capacity - k, pos.dtype)])
+        found = jnp.concatenate([found, jnp.zeros(capacity - k, bool)])
+    return pos, found
 
 
 def _rows_in_blocks(one_atom, n, capacity, block):
@@ -149,31 +160,71 @@ def _rows_in_blocks(one_atom, n, capacity, block):
 # ----------------------------------------------------------------------------
 
 
-def _build_all_pairs(positions, cell, *, rmax, capacity, images, pbc, block):
-    """One replica. Returns idx [N,K], shifts [N,K,3], counts [N]."""
+def _ghost_candidates(wrapped, w, cell, *, rmax, images, pbc, ghost_capacity):
+    """The images ``(j, S)`` that can be a neighbour of an atom in the cell.
+
+    An atom wrapped into the cell has fractional coordinates in [0, 1); a pair vector of
+    length ``|d|`` changes the fractional coordinate along periodic direction ``a`` by at most
+    ``|d| / H_a`` (``H_a`` the cell height). So only images whose fractional coordinates lie
+    within ``rmax / H_a`` of [0, 1) along every periodic direction can be neighbours; for the
+    5x5x5 PbTiO3 cell with rc + skin = 6 A that is ~4x fewer candidates than all 27 images.
+    ``ghost_capacity`` slots (static); more ghosts set the returned overflow flag.
+    Returns ``(targets [G,3], j [G], s [G], valid [G], overflow)``.
+    """
+    n = wrapped.shape[0]
+    dtype = wrapped.dtype
+    svec = _image_vectors(images, dtype)  # [M, 3]
+    m = svec.shape[0]
+    inv = _inverse_cell(cell, pbc)
+    frac = wrapped @ inv  # [N, 3], in [0, 1) along periodic directions
+    heights = 1.0 / jnp.linalg.norm(inv.T, axis=-1)
+    margin = rmax / heights
+    f = (frac[None, :, :] + svec[:, None, :]).reshape(m * n, 3)
+    inside = (f >= -margin) & (f < 1.0 + margin)
+    keep = jnp.all(inside | ~jnp.asarray(pbc), axis=-1)
+    # A single row of M*N: cumsum + scatter is cheap here.
+    slot = jnp.cumsum(keep) - 1
+    slot = jnp.where(keep & (slot < ghost_capacity), slot, ghost_capacity)
+    flat = jnp.arange(m * n, dtype=jnp.int32)
+    sel = jnp.full((ghost_capacity + 1,), m * n, jnp.int32).at[slot].set(flat, mode="drop")[:ghost_capacity]
+    valid = sel < m * n
+    sel = jnp.where(valid, sel, 0)
+    j = sel % n
+    s = sel // n
+    targets = wrapped[j] + image_displacements(svec[s], cell)
+    # Empty slots sit far away, so the distance test alone rejects them.
+    targets = jnp.where(valid[:, None], targets, jnp.asarray(1e6, dtype) * (1.0 + rmax))
+    return targets, j, s, valid, jnp.sum(keep) > ghost_capacity
+
+
+def _build_all_pairs(positions, cell, *, rmax, capacity, images, pbc, ghost_capacity, block):
+    """One replica. Returns idx [N,K], shifts [N,K,3], counts [N], ghost overflow."""
     n = positions.shape[0]
     dtype = positions.dtype
     w = _wrap_offsets(positions, cell, pbc)
     wrapped = positions - w @ cell
     svec = _image_vectors(images, dtype)  # [M, 3]
-    m = svec.shape[0]
-    image_disp = svec @ cell  # [M, 3]
-    targets = (wrapped[None, :, :] + image_disp[:, None, :]).reshape(m * n, 3)  # (s, j) flattened
-    j_of = jnp.tile(jnp.arange(n, dtype=jnp.int32), m)
-    s_of = jnp.repeat(jnp.arange(m, dtype=jnp.int32), n)
+    targets, j_of, s_of, valid, ghost_overflow = _ghost_candidates(
+        wrapped, w, cell, rmax=rmax, images=images, pbc=pbc, ghost_capacity=ghost_capacity)
     zero_image = jnp.all(svec == 0, axis=-1)[s_of]
     rmax2 = rmax * rmax
 
+    tx, ty, tz = targets[:, 0], targets[:, 1], targets[:, 2]  # components: contiguous rows (fast on CPU)
+
     def one_atom(i):
-        d = targets - wrapped[i]
-        r2 = jnp.sum(d * d, axis=-1)
-        mask = (r2 < rmax2) & ~((j_of == i) & zero_image)
-        shift = svec[s_of] - w[j_of] + w[i]
-        idx, sh = _compact_row(mask, (j_of, shift), capacity, (n, 0.0))
+        dx, dy, dz = tx - wrapped[i, 0], ty - wrapped[i, 1], tz - wrapped[i, 2]
+        r2 = dx * dx + dy * dy + dz * dz
+        mask = valid & (r2 < rmax2) & ~((j_of == i) & zero_image)
+        pos, found = _first_true(mask, capacity)
+        j = j_of[pos]
+        # Offsets only for the kept candidates.
+        shift = svec[s_of[pos]] - w[j] + w[i]
+        idx = jnp.where(found, j, n)
+        sh = jnp.where(found[:, None], shift, 0.0)
         return idx, sh, jnp.sum(mask).astype(jnp.int32)
 
     idx, sh, counts = _rows_in_blocks(one_atom, n, capacity, block)
-    return idx, sh, counts, jnp.asarray(False)
+    return idx, sh, counts, ghost_overflow
 
 
 # ----------------------------------------------------------------------------
@@ -208,6 +259,11 @@ def _build_cell_list(positions, cell, *, rmax, capacity, grid, bin_capacity, blo
     rmax2 = rmax * rmax
     wpad = jnp.concatenate([w, jnp.zeros((1, 3), w.dtype)])
     wrapped_pad = jnp.concatenate([wrapped, jnp.zeros((1, 3), dtype)])
+    # Empty slots sit far away (never within rmax), so the distance test alone rejects them.
+    far = jnp.asarray(1e6, dtype) * (1.0 + rmax)
+    table_pos = jnp.where((table < n)[..., None], wrapped_pad[table], far)  # [bins, bc, 3]
+    # One [bins, bc] table per component: contiguous rows (several times faster on CPU).
+    table_x, table_y, table_z = table_pos[..., 0], table_pos[..., 1], table_pos[..., 2]
 
     def one_atom(i):
         nb = b[i][None, :] + offsets  # [27,3] bin coordinates, possibly outside the grid
@@ -215,14 +271,20 @@ def _build_cell_list(positions, cell, *, rmax, capacity, grid, bin_capacity, blo
         nb = nb - image * grid_arr
         nflat = (nb[:, 0] * grid[1] + nb[:, 1]) * grid[2] + nb[:, 2]
         cand = table[nflat].reshape(-1)  # [27*bc]
-        img = jnp.repeat(image.astype(dtype), bin_capacity, axis=0)  # [27*bc, 3]
-        d = wrapped_pad[cand] + img @ cell - wrapped[i]
-        r2 = jnp.sum(d * d, axis=-1)
-        valid = cand < n
-        same = (cand == i) & jnp.all(img == 0, axis=-1)
-        mask = valid & (r2 < rmax2) & ~same
-        shift = img - wpad[cand] + w[i]
-        idx, sh = _compact_row(mask, (cand, shift), capacity, (n, 0.0))
+        image = image.astype(dtype)
+        # Image displacement per bin (27 of them), then broadcast over the bin's slots.
+        disp = image_displacements(image, cell) - wrapped[i]  # [27, 3]
+        dx = (table_x[nflat] + disp[:, 0:1]).reshape(-1)
+        dy = (table_y[nflat] + disp[:, 1:2]).reshape(-1)
+        dz = (table_z[nflat] + disp[:, 2:3]).reshape(-1)
+        r2 = dx * dx + dy * dy + dz * dz
+        same = (cand == i) & jnp.repeat(jnp.all(image == 0, axis=-1), bin_capacity)
+        mask = (cand < n) & (r2 < rmax2) & ~same
+        pos, found = _first_true(mask, capacity)
+        j = cand[pos]
+        shift = image[pos // bin_capacity] - wpad[j] + w[i]
+        idx = jnp.where(found, j, n)
+        sh = jnp.where(found[:, None], shift, 0.0)
         return idx, sh, jnp.sum(mask).astype(jnp.int32)
 
     idx, sh, counts = _rows_in_blocks(one_atom, n, capacity, block)
@@ -238,25 +300,29 @@ def _build_cell_list(positions, cell, *, rmax, capacity, grid, bin_capacity, blo
 
 
 def _block_size(n_atoms: int, n_candidates: int) -> int:
-    # Bound the temporary [block, candidates] arrays to ~4M elements.
-    return int(max(1, min(n_atoms, 4_000_000 // max(n_candidates, 1))))
+    """Atoms per block of a build, bounding the temporary ``[block, candidates]`` arrays.
+
+    On CPU small blocks that stay in cache are fastest (measured: 2560-atom cell-list build
+    3x faster with ~60k than with 4M elements per block); on GPUs large blocks keep the
+    device busy (the blocks run one after another).
+    """
+    budget = 60_000 if jax.default_backend() == "cpu" else 4_000_000
+    return int(max(1, min(n_atoms, budget // max(n_candidates, 1))))
 
 
 def _build_one(nbrs: NeighborList, positions, cell):
     rmax = nbrs.cutoff + nbrs.skin
     n = positions.shape[0]
     if nbrs.grid is not None:
-        cands = 27 * nbrs.bin_capacity
         idx, sh, counts, layout_bad = _build_cell_list(
             positions, cell, rmax=rmax, capacity=nbrs.capacity, grid=nbrs.grid,
-            bin_capacity=nbrs.bin_capacity, block=_block_size(n, cands))
+            bin_capacity=nbrs.bin_capacity, block=_block_size(n, 27 * nbrs.bin_capacity))
     else:
-        m = int(np.prod([2 * k + 1 for k in nbrs.images]))
-        idx, sh, counts, _ = _build_all_pairs(
+        idx, sh, counts, ghost_overflow = _build_all_pairs(
             positions, cell, rmax=rmax, capacity=nbrs.capacity, images=nbrs.images,
-            pbc=nbrs.pbc, block=_block_size(n, m * n))
+            pbc=nbrs.pbc, ghost_capacity=nbrs.ghost_capacity, block=_block_size(n, nbrs.ghost_capacity))
         needed = _needed_images_traced(cell, nbrs.pbc, rmax)
-        layout_bad = jnp.any(needed > jnp.asarray(nbrs.images, needed.dtype))
+        layout_bad = jnp.any(needed > jnp.asarray(nbrs.images, needed.dtype)) | ghost_overflow
     max_count = jnp.max(counts)
     overflow = (max_count > nbrs.capacity) | layout_bad
     heights = 1.0 / jnp.linalg.norm(_inverse_cell(cell, nbrs.pbc).T, axis=-1)
@@ -302,7 +368,8 @@ def update(nbrs: NeighborList, positions, cell) -> NeighborList:
     return jax.lax.cond(need, lambda: build(nbrs, positions, cell), lambda: nbrs)
 
 
-def _choose_layout(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float, layout_rmax: float | None = None):
+def _choose_layout(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float, layout_rmax: float | None = None,
+                   method: str | None = None):
     """Static layout: image range for the all-pairs path, or a cell-list grid for big periodic cells.
 
     ``cell`` may stack several cells ([K,3,3]); the layout then covers all of them.
@@ -314,7 +381,9 @@ def _choose_layout(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float, la
     m = int(np.prod([2 * k + 1 for k in images]))
     grid = None
     bin_capacity = 0
-    if all(pbc) and n * m > 4096:
+    if method not in (None, "all-pairs", "cell-list"):
+        raise ValueError(f"method must be None, 'all-pairs' or 'cell-list', got {method!r}")
+    if all(pbc) and (n * m > 4096 or method == "cell-list") and method != "all-pairs":
         inv = np.linalg.inv(cell)  # [R,3,3]
         heights = 1.0 / np.linalg.norm(np.swapaxes(inv, -1, -2), axis=-1)  # [R,3]
         g = np.floor(heights.min(axis=0) / rmax).astype(int)
@@ -326,19 +395,44 @@ def _choose_layout(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float, la
             density = n / np.abs(np.linalg.det(cell)).min()
             per_bin = density * np.abs(np.linalg.det(cell)).max() / vol_bins
             bin_capacity = int(max(8, math.ceil(per_bin * 2.0 + 6)))
-    return images, grid, bin_capacity
+    # Expected number of candidate images for the all-pairs path (see _ghost_candidates): N
+    # times the volume of the cell padded by rmax, in units of the cell, for the thinnest
+    # cell; plus a margin for atoms crossing faces. More ghosts than this flag layout_bad
+    # (re-allocation), never a lost pair.
+    inv = np.linalg.inv(np.where(np.asarray(pbc)[:, None], cell, np.eye(3))) if any(pbc) else None
+    factor = 1.0
+    if inv is not None:
+        thinnest = 1.0 / np.linalg.norm(np.swapaxes(inv, -1, -2), axis=-1).max(axis=0)  # [3]
+        for d in range(3):
+            if pbc[d]:
+                factor *= min(2 * images[d] + 1, 1.0 + 2.0 * rmax / thinnest[d])
+    expected = n * factor
+    ghost_capacity = int(min(n * m, math.ceil(1.1 * expected + 3.0 * math.sqrt(expected) + 16)))
+    # The all-pairs path reads its candidates contiguously, the cell list gathers them per atom:
+    # measured on CPU, a candidate costs ~4x more in the cell list (625-atom PbTiO3: 21 ms for
+    # 27 x 53 candidates per atom vs ~8 ms for ~2600 pruned images). Keep the cell list only
+    # where it scans far fewer candidates.
+    if method == "cell-list" and grid is None:
+        raise ValueError("method='cell-list' needs a periodic cell at least 3 (cutoff + skin) high along "
+                         "every direction; use method=None or 'all-pairs'")
+    if method is None and grid is not None and ghost_capacity < 4 * 27 * bin_capacity:
+        grid, bin_capacity = None, 0
+    if grid is not None:
+        ghost_capacity = 0
+    return images, grid, bin_capacity, ghost_capacity
 
 
 def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, True, True),
              capacity_factor: float = 1.3, capacity: int | None = None,
              bin_capacity: int | None = None, min_capacity: int = 0, layout_cells=None,
-             layout_headroom: float = 0.0) -> NeighborList:
+             layout_headroom: float = 0.0, method: str | None = None) -> NeighborList:
     """Allocate and build a neighbour list on the host side (shapes chosen from the data).
 
     ``positions`` [R,N,3], ``cell`` [R,3,3] (Angstrom). ``skin`` (Angstrom) is
     added to ``cutoff`` at build time; a larger skin means fewer rebuilds but
     more pairs. ``capacity`` (neighbours per atom) defaults to the largest count
-    found times ``capacity_factor``.
+    found times ``capacity_factor``. ``method``: ``None`` (default) picks the cheaper build path
+    for the cell (see :func:`_choose_layout`), ``"all-pairs"`` or ``"cell-list"`` forces one.
     """
     if cutoff <= 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
@@ -358,7 +452,8 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
     rmax = float(cutoff) + float(skin)
     layout_cell = cell_np if layout_cells is None else np.concatenate(
         [cell_np, np.asarray(layout_cells, float).reshape(-1, 3, 3)])
-    images, grid, bc = _choose_layout(pos_np, layout_cell, pbc, rmax, rmax * (1.0 + layout_headroom))
+    images, grid, bc, ghosts = _choose_layout(pos_np, layout_cell, pbc, rmax, rmax * (1.0 + layout_headroom),
+                                              method=method)
     if bin_capacity is not None and grid is not None:
         bc = int(bin_capacity)
     R, n = positions.shape[0], positions.shape[1]
@@ -385,11 +480,17 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
             layout_bad=jnp.zeros((R,), bool),
             min_heights=jnp.full((R, 3), jnp.inf, positions.dtype),
             cutoff=float(cutoff), skin=float(skin), capacity=cap, images=images,
-            pbc=pbc, grid=grid, bin_capacity=bc,
+            pbc=pbc, grid=grid, bin_capacity=bc, ghost_capacity=ghosts,
         )
         nbrs = _jit_build(nbrs, positions, cell)
         if bool(jnp.any(nbrs.layout_bad)):
-            bc *= 2  # only the cell list can be short right after allocation: its bins overflowed
+            # Right after allocation the images cover the cell, so only the cell list's bins or
+            # the all-pairs path's candidate images can be short.
+            if grid is not None:
+                bc *= 2
+            else:
+                m = int(np.prod([2 * k + 1 for k in images]))
+                ghosts = min(n * m, int(math.ceil(ghosts * 1.5)))
             continue
         count = int(jnp.max(nbrs.max_count))
         # Round up to a multiple of 16 so that small fluctuations do not change shapes (recompiles).
@@ -440,11 +541,40 @@ def as_pairs(nbrs: NeighborList):
     return i, j, nbrs.shifts.reshape(R, n * k, 3), j < n
 
 
+def image_displacements(shifts, cell):
+    """``shifts @ cell`` for integer image offsets ``[..., 3]`` and cell rows ``[..., 3, 3]``.
+
+    Written as three broadcast multiply-adds: XLA's CPU matmul with an inner dimension of 3
+    costs ~25x more (measured 1.26 ms vs 0.05 ms for the 625-atom PbTiO3 list).
+    ``cell`` broadcasts against ``shifts``' leading dimensions.
+    """
+    return (shifts[..., 0:1] * cell[..., 0, :] + shifts[..., 1:2] * cell[..., 1, :]
+            + shifts[..., 2:3] * cell[..., 2, :])
+
+
 def pair_vectors(nbrs_one, positions, cell):
     """For one replica (inside vmap): ``d_ij`` [N,K,3] and mask [N,K] (padding gives zeros)."""
     n = positions.shape[0]
     pos_pad = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
     mask = nbrs_one.idx < n
-    d = pos_pad[nbrs_one.idx] + nbrs_one.shifts @ cell - positions[:, None, :]
+    d = pos_pad[nbrs_one.idx] + image_displacements(nbrs_one.shifts, cell) - positions[:, None, :]
     d = jnp.where(mask[..., None], d, 0.0)
     return d, mask
+
+
+def pair_components(nbrs_one, positions, cell):
+    """Like :func:`pair_vectors` but as three ``[N,K]`` arrays ``dx, dy, dz`` (and the mask).
+
+    Component-wise (structure-of-arrays) arrays keep every later operation contiguous; a
+    pair potential evaluated this way ran ~4x faster on CPU than on ``[N,K,3]`` arrays.
+    """
+    n = positions.shape[0]
+    mask = nbrs_one.idx < n
+    s = nbrs_one.shifts
+    out = []
+    for a in range(3):
+        col = jnp.concatenate([positions[:, a], jnp.zeros((1,), positions.dtype)])
+        d = (col[nbrs_one.idx] - positions[:, a][:, None]
+             + s[..., 0] * cell[0, a] + s[..., 1] * cell[1, a] + s[..., 2] * cell[2, a])
+        out.append(jnp.where(mask, d, 0.0))
+    return out[0], out[1], out[2], mask

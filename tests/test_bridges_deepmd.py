@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ase import Atoms, units
+from ase import units
 
 import torch
 import deepmd  # noqa: F401  (installed by the deepmd extra)
@@ -50,6 +50,9 @@ import deepmd  # noqa: F401  (installed by the deepmd extra)
 import jaxpto  # noqa: E402
 from bridges import deepmd as bdp  # noqa: E402
 from jaxpto import neighbors as nl  # noqa: E402
+from _pbtio3_cells import pbtio3 as pto_cell
+from _pbtio3_cells import strained_unit_cell as pto_triclinic
+from _pbtio3_cells import supercell as pto_supercell
 
 warnings.filterwarnings("ignore", message=".*(accelerator|DP_INFER_BATCH_SIZE).*")
 
@@ -57,25 +60,6 @@ E_TOL, F_TOL, S_TOL = 1e-5, 1e-4, 1e-5  # float32: eV/atom, eV/A, eV/A^3
 E_TOL64, F_TOL64, S_TOL64 = 1e-10, 1e-9, 1e-10  # float64 (measured ~1e-15)
 F32, F64 = jnp.float32, jnp.float64
 TYPE_MAP = ["O", "Ti", "Pb"]
-
-
-def pto_cell():
-    a, c = 3.87411, 4.19948
-    frac = [(0, 0, 0), (0.5, 0.5, 0.54), (0.5, 0.5, 0.11), (0.5, 0, 0.62), (0, 0.5, 0.62)]
-    return Atoms("PbTiO3", scaled_positions=frac, cell=[a, a, c], pbc=True)
-
-
-def pto_supercell(seed=0):
-    at = pto_cell().repeat((2, 2, 2))
-    at.positions += np.random.default_rng(seed).normal(0.0, 0.05, at.positions.shape)
-    return at
-
-
-def pto_triclinic():
-    at = pto_cell()
-    strain = np.eye(3) + np.array([[0.02, 0.03, -0.01], [0.0, -0.015, 0.04], [0.0, 0.0, 0.01]])
-    at.set_cell(at.cell[:] @ strain, scale_atoms=True)
-    return at
 
 
 CELLS = {"5-atom": pto_cell, "2x2x2-rattled": pto_supercell, "triclinic": pto_triclinic}

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ase import Atoms, units
+from ase import units
 
 import torch  # noqa: E402  (a core dependency)
 
@@ -40,31 +40,14 @@ from bridges.registry import detect_family  # noqa: E402
 from jaxpto import neighbors as nl  # noqa: E402
 
 from _mace_util import build_mace, save_mace  # noqa: E402
+from _pbtio3_cells import pbtio3 as pto_cell
+from _pbtio3_cells import supercell as pto_supercell
+from _pbtio3_cells import triclinic as pto_triclinic
 
 warnings.filterwarnings("ignore", message=".*weights_only.*")
 warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
 
 TOL = {"float32": (1e-5, 1e-4, 1e-5), "float64": (1e-10, 1e-9, 1e-10)}  # eV/atom, eV/A, eV/A^3
-
-
-def pto_cell():
-    a, c = 3.87411, 4.19948
-    frac = [(0, 0, 0), (0.5, 0.5, 0.54), (0.5, 0.5, 0.11), (0.5, 0, 0.62), (0, 0.5, 0.62)]
-    return Atoms("PbTiO3", scaled_positions=frac, cell=np.diag([a, a, c]), pbc=True)
-
-
-def pto_supercell(seed=0):
-    at = pto_cell().repeat((2, 2, 2))
-    at.positions += np.random.default_rng(seed).normal(0.0, 0.05, at.positions.shape)
-    return at
-
-
-def pto_triclinic(seed=1):
-    at = pto_cell().repeat((2, 1, 1))
-    eps = np.array([[0.02, 0.05, -0.03], [0.01, -0.02, 0.04], [0.06, 0.03, 0.01]])
-    at.set_cell(np.asarray(at.cell) @ (np.eye(3) + eps), scale_atoms=True)
-    at.positions += np.random.default_rng(seed).normal(0.0, 0.05, at.positions.shape)
-    return at
 
 
 CELLS = {"5-atom": pto_cell, "2x2x2-rattled": pto_supercell, "triclinic": pto_triclinic}

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from ase import Atoms, units
+from ase import units
 
 import matgl  # installed by the test extra
 from matgl.apps.pes import Potential
@@ -30,31 +30,12 @@ import jaxpto
 from bridges.matgl import (MODEL_NAMES, MatglEFS, ModelUnavailableError, efs_from_calculator, load, looks_like,
                            three_body_graph)
 from jaxpto import neighbors as nb
+from _pbtio3_cells import pbtio3, supercell, triclinic
 
 E_TOL = 1e-5  # eV/atom
 F_TOL = 1e-4  # eV/A
 S_TOL = 1e-5  # eV/A^3
 F32 = np.float32
-
-
-def pbtio3() -> Atoms:
-    a, c = 3.87411, 4.19948
-    frac = [(0, 0, 0), (0.5, 0.5, 0.54), (0.5, 0.5, 0.11), (0.5, 0, 0.62), (0, 0.5, 0.62)]
-    return Atoms("PbTiO3", scaled_positions=frac, cell=np.diag([a, a, c]), pbc=True)
-
-
-def supercell(seed=0) -> Atoms:
-    atoms = pbtio3().repeat((2, 2, 2))
-    atoms.positions += np.random.default_rng(seed).normal(0.0, 0.05, atoms.positions.shape)
-    return atoms
-
-
-def triclinic(seed=1) -> Atoms:
-    atoms = pbtio3().repeat((2, 1, 1))
-    eps = np.array([[0.02, 0.05, -0.03], [0.01, -0.02, 0.04], [0.06, 0.03, 0.01]])
-    atoms.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
-    atoms.positions += np.random.default_rng(seed).normal(0.0, 0.05, atoms.positions.shape)
-    return atoms
 
 
 CELLS = {"unit5": pbtio3, "supercell40": supercell, "triclinic10": triclinic}

@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 import pytest
-from ase import Atoms, units
+from ase import units
 
 import torch  # noqa: E402
 import orb_models  # noqa: E402,F401  (installed by the orb / test extras)
@@ -39,6 +39,7 @@ from orb_models.forcefield.calculator import ORBCalculator  # noqa: E402
 import jaxpto  # noqa: E402
 from bridges import orb as orb_bridge  # noqa: E402
 from jaxpto import neighbors as nb  # noqa: E402
+from _pbtio3_cells import pbtio3, supercell, triclinic
 
 warnings.filterwarnings("ignore", message=".*(default dtype|float32-high).*")
 
@@ -47,26 +48,6 @@ T64 = 1e-10  # float64 models: all three quantities
 
 
 # ----------------------------------------------------------------------------- structures
-
-
-def pbtio3() -> Atoms:
-    a, c = 3.87411, 4.19948
-    frac = [(0, 0, 0), (0.5, 0.5, 0.54), (0.5, 0.5, 0.11), (0.5, 0, 0.62), (0, 0.5, 0.62)]
-    return Atoms("PbTiO3", scaled_positions=frac, cell=np.diag([a, a, c]), pbc=True)
-
-
-def supercell(seed=0) -> Atoms:
-    atoms = pbtio3().repeat((2, 2, 2))
-    atoms.positions += np.random.default_rng(seed).normal(0.0, 0.05, atoms.positions.shape)
-    return atoms
-
-
-def triclinic(seed=1) -> Atoms:
-    atoms = pbtio3().repeat((2, 1, 1))
-    eps = np.array([[0.02, 0.05, -0.03], [0.01, -0.02, 0.04], [0.06, 0.03, 0.01]])
-    atoms.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
-    atoms.positions += np.random.default_rng(seed).normal(0.0, 0.05, atoms.positions.shape)
-    return atoms
 
 
 CELLS = {"unit5": pbtio3, "supercell40": supercell, "triclinic10": triclinic}

@@ -14,37 +14,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ase import Atoms, units
+from ase import units
 
 import torch  # noqa: E402,F401
 import sevenn  # noqa: E402,F401  (installed by the test extra)
 
 import jaxpto  # noqa: E402
 from jaxpto import neighbors as nl  # noqa: E402
+from _pbtio3_cells import pbtio3 as pto_cell
+from _pbtio3_cells import strained_unit_cell as pto_triclinic
+from _pbtio3_cells import supercell as pto_supercell
 
 warnings.filterwarnings("ignore", message=".*accelerator.*")
 
 E_TOL, F_TOL, S_TOL = 1e-5, 1e-4, 1e-5  # eV/atom, eV/A, eV/A^3
 F32 = jnp.float32
-
-
-def pto_cell():
-    a, c = 3.87411, 4.19948
-    frac = [(0, 0, 0), (0.5, 0.5, 0.54), (0.5, 0.5, 0.11), (0.5, 0, 0.62), (0, 0.5, 0.62)]
-    return Atoms("PbTiO3", scaled_positions=frac, cell=[a, a, c], pbc=True)
-
-
-def pto_supercell(seed=0):
-    at = pto_cell().repeat((2, 2, 2))
-    at.positions += np.random.default_rng(seed).normal(0.0, 0.05, at.positions.shape)
-    return at
-
-
-def pto_triclinic():
-    at = pto_cell()
-    strain = np.eye(3) + np.array([[0.02, 0.03, -0.01], [0.0, -0.015, 0.04], [0.0, 0.0, 0.01]])
-    at.set_cell(at.cell[:] @ strain, scale_atoms=True)
-    return at
 
 
 CELLS = {"5-atom": pto_cell, "2x2x2-rattled": pto_supercell, "triclinic": pto_triclinic}

@@ -43,11 +43,19 @@ def test_matches_ase_on_triclinic_cells(reps, cutoff, skin, seed):
     rng = np.random.default_rng(seed)
     atoms.positions += atoms.cell.array.T @ rng.integers(-2, 3, size=(3,)) * 1.0
     nbrs = nl.allocate(atoms.positions[None], atoms.cell.array[None], cutoff, skin=skin)
+    assert nbrs.grid is None  # automatic choice at these sizes: all pairs over pruned images
     assert pair_set(nbrs) == ase_set(atoms, cutoff + skin)
     if reps == (6, 6, 6):
-        assert nbrs.grid is not None  # the cell-list path was exercised
-    else:
-        assert nbrs.grid is None
+        cells = nl.allocate(atoms.positions[None], atoms.cell.array[None], cutoff, skin=skin, method="cell-list")
+        assert cells.grid is not None  # the cell-list path is exercised too
+        assert pair_set(cells) == ase_set(atoms, cutoff + skin)
+        # Bins too small for their atoms: flagged and enlarged until every pair is found.
+        tight = nl.allocate(atoms.positions[None], atoms.cell.array[None], cutoff, skin=skin, method="cell-list",
+                            bin_capacity=2)
+        assert tight.bin_capacity > 2 and pair_set(tight) == ase_set(atoms, cutoff + skin)
+        with pytest.raises(ValueError, match="cell-list"):
+            nl.allocate(atoms.positions[None] * 0.3, atoms.cell.array[None] * 0.3, cutoff, skin=skin,
+                        method="cell-list")
 
 
 def test_non_periodic_and_mixed_pbc():
@@ -120,3 +128,38 @@ def test_bad_input():
         nl.allocate(np.zeros((1, 2, 3)), np.eye(3)[None] * 5, -1.0)
     with pytest.raises(ValueError, match="singular"):
         nl.allocate(np.zeros((1, 2, 3)), np.zeros((1, 3, 3)), 2.0)
+
+
+def test_pruned_images_match_ase_and_their_overflow_recovers():
+    """All-pairs path with candidate images pruned to the cell padded by rmax (mid-size cells)."""
+    atoms = random_triclinic((4, 4, 4), 11, strain=0.05)
+    pos = jnp.asarray(atoms.positions[None])
+    cell = jnp.asarray(atoms.cell.array[None])
+    nbrs = nl.allocate(pos, cell, 4.0, skin=1.0)
+    m = int(np.prod([2 * k + 1 for k in nbrs.images]))
+    assert nbrs.grid is None and nbrs.ghost_capacity < 0.5 * m * len(atoms)  # pruning is active
+    assert pair_set(nbrs) == ase_set(atoms, 5.0)
+    # A 20% compression needs more candidate images than allocated: flagged, then recovered.
+    squeezed_pos, squeezed_cell = pos * 0.8, cell * 0.8
+    rebuilt = nl.build(nbrs, squeezed_pos, squeezed_cell)
+    assert bool(rebuilt.layout_bad[0]) and bool(rebuilt.did_overflow[0])
+    bigger = nl.reallocate(nbrs, squeezed_pos, squeezed_cell, overflowed=rebuilt, overflowed_cell=squeezed_cell)
+    assert bigger.ghost_capacity > nbrs.ghost_capacity and not bool(bigger.did_overflow[0])
+    atoms2 = atoms.copy()
+    atoms2.set_cell(np.asarray(squeezed_cell[0]))
+    atoms2.positions = np.asarray(squeezed_pos[0])
+    assert pair_set(bigger) == ase_set(atoms2, 5.0)
+
+
+def test_neighbour_order_is_candidate_order():
+    """Each row holds every neighbour once, real slots first, padding (j = N, zero offset) last."""
+    atoms = random_triclinic((2, 2, 2), 4)
+    nbrs = nl.allocate(atoms.positions[None], atoms.cell.array[None], 4.0, skin=0.5)
+    idx, sh = np.asarray(nbrs.idx[0]), np.asarray(nbrs.shifts[0])
+    n = len(atoms)
+    for i in range(n):
+        row = idx[i]
+        real = row < n
+        assert np.all(real[: real.sum()])  # padding only at the end
+        assert np.all(sh[i][~real] == 0)
+        assert len(set(zip(row[real].tolist(), map(tuple, np.rint(sh[i][real]).astype(int).tolist())))) == real.sum()

@@ -7,10 +7,17 @@ written as a per-replica energy
           \qquad r_{ij} = |\mathbf r_j + S h - \mathbf r_i|
 
 over the *full* neighbour list (:mod:`jaxpto.neighbors`, ASE's ``'ijS'``
-convention, every periodic image included), wrapped by
-:func:`jaxpto.model.energy_model`, so forces :math:`F = -\partial E/\partial r`
-and the stress :math:`\sigma = V^{-1}\,\partial E/\partial\varepsilon` come from
-automatic differentiation. The neighbour list holds pairs up to
+convention, every periodic image included). Each potential is a function
+:math:`u(x)` of the squared distance :math:`x = r^2`; :func:`pair_model` takes
+its derivative :math:`u'(x)` element by element (forward-mode autodiff) and sums
+forces and virial along the rows of the full list,
+
+.. math:: \mathbf F_i = 2 \sum_j u'(r_{ij}^2)\, \mathbf d_{ij}, \qquad
+          \sigma_{ab} = \frac{1}{V} \sum_i \sum_j u'(r_{ij}^2)\, d_{ij,a} d_{ij,b}
+
+(ASE's sign: :math:`\sigma = V^{-1}\partial E/\partial\varepsilon`), so no
+scatter-add is needed (the backward pass of a gather, slow on CPUs); the result
+equals autodiff of :math:`E` (tested). The neighbour list holds pairs up to
 ``cutoff + skin``; each potential applies its own cutoff, and padded slots
 (``j = N``) and pairs beyond the cutoff contribute exactly zero, with
 NaN-free gradients (the squared distance is replaced by a harmless value with
@@ -58,17 +65,49 @@ Reference: P. M. Morse, Phys. Rev. 34, 57 (1929).
 
 from __future__ import annotations
 
+from typing import Callable
+
+import jax
 import jax.numpy as jnp
 
-from jaxpto.model import Model, energy_model
-from jaxpto.neighbors import pair_vectors
+from jaxpto.model import Model, ModelOutput
+from jaxpto.neighbors import pair_components
 
 
-def _squared_distances(nbrs, positions, cell):
-    """``r2`` [N,K] with padded slots set to 1.0 (finite, harmless), and the padding mask."""
-    d, mask = pair_vectors(nbrs, positions, cell)
-    r2 = jnp.where(mask, jnp.sum(d * d, axis=-1), 1.0)
-    return r2, mask
+def pair_model(pair_energy: Callable[[jax.Array], jax.Array], cutoff: float, name: str) -> Model:
+    """A batched :class:`Model` from an element-wise pair energy ``u(x)`` of ``x = r^2``.
+
+    ``pair_energy`` maps squared distances (A^2, any shape) to pair energies (eV) element by
+    element, exactly zero with zero derivative at and beyond the cutoff, finite everywhere
+    for ``x > 0`` (padded slots get ``x = 1``). Forces and stress follow the module
+    docstring's row sums; ``u'(x)`` is the forward-mode derivative with unit tangent, which
+    is exact because the Jacobian of an element-wise function is diagonal.
+    """
+
+    def single(positions, cell, numbers, nbrs):
+        # Component arrays [N,K] (see pair_components: ~4x faster on CPU than [N,K,3]).
+        dx, dy, dz, mask = pair_components(nbrs, positions, cell)
+        x = jnp.where(mask, dx * dx + dy * dy + dz * dz, 1.0)
+        u, du = jax.jvp(pair_energy, (x,), (jnp.ones_like(x),))
+        u = jnp.where(mask, u, 0.0)
+        du = jnp.where(mask, du, 0.0)
+        energy = 0.5 * jnp.sum(u)
+        wx, wy, wz = du * dx, du * dy, du * dz
+        forces = 2.0 * jnp.stack([wx.sum(axis=1), wy.sum(axis=1), wz.sum(axis=1)], axis=-1)
+        xy, xz, yz = (wx * dy).sum(), (wx * dz).sum(), (wy * dz).sum()
+        virial = jnp.stack([jnp.stack([(wx * dx).sum(), xy, xz]),
+                            jnp.stack([xy, (wy * dy).sum(), yz]),
+                            jnp.stack([xz, yz, (wz * dz).sum()])])
+        volume = jnp.abs(jnp.linalg.det(cell))
+        # Non-periodic systems may have no cell: report zero stress rather than inf/NaN.
+        stress = jnp.where(volume > 0, virial / jnp.where(volume > 0, volume, 1.0), 0.0)
+        return energy, forces, stress
+
+    def compute(positions, cell, numbers, neighbors):
+        energy, forces, stress = jax.vmap(single, in_axes=(0, 0, None, 0))(positions, cell, numbers, neighbors)
+        return ModelOutput(energy=energy, forces=forces, stress=stress)
+
+    return Model(compute=compute, cutoff=float(cutoff), elements=None, name=name)
 
 
 def lennard_jones(sigma: float = 1.0, epsilon: float = 1.0, rc: float | None = None,
@@ -100,10 +139,9 @@ def lennard_jones(sigma: float = 1.0, epsilon: float = 1.0, rc: float | None = N
     rc2, ro2 = rc * rc, ro * ro
     e_rc = 4.0 * epsilon * ((sigma / rc) ** 12 - (sigma / rc) ** 6)  # u_LJ(rc)
 
-    def energy(positions, cell, numbers, nbrs):
-        r2, mask = _squared_distances(nbrs, positions, cell)
-        inside = mask & (r2 <= rc2)  # ASE zeroes pairs with r2 > rc2
-        r2 = jnp.where(inside, r2, rc2)  # dropped pairs: finite values and gradients
+    def pair_energy(r2):
+        inside = r2 <= rc2  # ASE zeroes pairs with r2 > rc2
+        r2 = jnp.where(inside, r2, rc2)  # dropped pairs: finite values and derivatives
         c6 = (sigma * sigma / r2) ** 3
         u = 4.0 * epsilon * (c6 * c6 - c6)
         if smooth:
@@ -113,11 +151,11 @@ def lennard_jones(sigma: float = 1.0, epsilon: float = 1.0, rc: float | None = N
             u = u * fc
         else:
             u = u - e_rc
-        return 0.5 * jnp.sum(jnp.where(inside, u, 0.0))
+        return jnp.where(inside, u, 0.0)
 
     name = f"lennard-jones(sigma={sigma}, epsilon={epsilon}, rc={rc}" + (
         f", ro={ro}, smooth)" if smooth else ", shifted)")
-    return energy_model(energy, cutoff=rc, elements=None, name=name)
+    return pair_model(pair_energy, cutoff=rc, name=name)
 
 
 def morse(epsilon: float = 1.0, r0: float = 1.0, rho0: float = 6.0, rcut1: float = 1.9,
@@ -143,16 +181,15 @@ def morse(epsilon: float = 1.0, r0: float = 1.0, rho0: float = 6.0, rcut1: float
     if not 0 <= r_on < r_cut:
         raise ValueError(f"the Morse cutoff needs 0 <= rcut1 < rcut2, got {rcut1}, {rcut2}")
 
-    def energy(positions, cell, numbers, nbrs):
-        r2, mask = _squared_distances(nbrs, positions, cell)
-        inside = mask & (r2 < r_cut * r_cut)
-        r = jnp.sqrt(jnp.where(inside, r2, r_cut * r_cut))  # dropped pairs: finite values and gradients
+    def pair_energy(r2):
+        inside = r2 < r_cut * r_cut
+        r = jnp.sqrt(jnp.where(inside, r2, r_cut * r_cut))  # dropped pairs: finite values and derivatives
         expf = jnp.exp(rho0 * (1.0 - r / r0))
         u = epsilon * expf * (expf - 2.0)
         s = 1.0 - (r - r_on) / (r_cut - r_on)
         fcut = jnp.where(s >= 1.0, 1.0,
                          jnp.where(s > 0.0, s**3 * (6.0 * s * s - 15.0 * s + 10.0), 0.0))
-        return 0.5 * jnp.sum(jnp.where(inside, u * fcut, 0.0))
+        return jnp.where(inside, u * fcut, 0.0)
 
     name = f"morse(epsilon={epsilon}, r0={r0}, rho0={rho0}, rcut1={rcut1}, rcut2={rcut2})"
-    return energy_model(energy, cutoff=r_cut, elements=None, name=name)
+    return pair_model(pair_energy, cutoff=r_cut, name=name)
