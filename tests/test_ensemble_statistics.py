@@ -80,7 +80,14 @@ def ase_mean_pressure(atoms, params):
     return float(np.mean(p))
 
 
-def propagate(atoms, build, params, max_pressure_error=None, com_not_thermalized=False, pressure_reference=None):
+def block_sem(x, n_blocks=20):
+    """Standard error of the mean of a correlated series by block averaging."""
+    blocks = np.asarray(x)[: len(x) // n_blocks * n_blocks].reshape(n_blocks, -1).mean(axis=1)
+    return float(np.std(blocks, ddof=1) / np.sqrt(n_blocks))
+
+
+def propagate(atoms, build, params, max_pressure_error=None, com_not_thermalized=False, pressure_reference=None,
+              sem_tolerance=False):
     state, force_fn = state_from_atoms(atoms, emt(asap_cutoff=True))
     integ = build(force_fn, 20 * fs)
     with warnings.catch_warnings():
@@ -102,7 +109,11 @@ def propagate(atoms, build, params, max_pressure_error=None, com_not_thermalized
         T = T * n / (n - 1)
     T_ref = params["temperature_K"]
     maxtemperr = 0.67 * 1 / n * T_ref
-    assert np.mean(T) == pytest.approx(T_ref, abs=maxtemperr)
+    # ASE's tolerance (0.67 T/N) is several standard errors for its 4-atom cells but about one for
+    # 32 atoms (std(T) ~ 43 K, ~50 independent samples in 200 ps): there the mean is held to
+    # 4 block-averaged standard errors instead (a 10 % wrong temperature still fails by > 5 of them).
+    mean_tol = max(maxtemperr, 4.0 * block_sem(T)) if sem_tolerance else maxtemperr
+    assert np.mean(T) == pytest.approx(T_ref, abs=mean_tol)
     assert np.std(T) == pytest.approx(np.sqrt(2.0 / df) * T_ref, abs=maxtemperr)
     if max_pressure_error:
         target = params.get("pressure_au", params.get("externalstress"))
@@ -150,4 +161,4 @@ def test_mtk_npt(build, equilibrated_32):
     """Not in ASE's file (ASE checks MTK by conserved energy only, and a 4-atom cell with a fully
     flexible MTK cell shears without bound in ASE too), so: 32 atoms, same checks."""
     propagate(equilibrated_32.copy(), build, dict(temperature_K=300, pressure_au=P_TARGET, tdamp=TAUT,
-                                                  pdamp=TAUP), max_pressure_error=100 * bar)
+                                                  pdamp=TAUP), max_pressure_error=100 * bar, sem_tolerance=True)
