@@ -207,17 +207,24 @@ def _with_momenta(atoms, T, seed):
     return a
 
 
-def prepare_bare(model, efs, atoms):
-    """``(callable, calls per invocation)``, warmed up: energy+forces+stress on a pre-built
-    neighbour list / pre-built edges (the floor); torch models: one direct call of the torch EFS."""
-    import jax
+def _engine_inputs(model, atoms):
+    """float32 positions [1,N,3], cell [1,3,3] and a neighbour list (skin 1 A) for ``atoms``."""
     import jax.numpy as jnp
 
     from jaxpto import neighbors as nl
 
     pos = jnp.asarray(atoms.positions[None], jnp.float32)
     cell = jnp.asarray(np.asarray(atoms.cell)[None], jnp.float32)
-    nbrs = nl.allocate(pos, cell, model.cutoff, skin=1.0, pbc=(True, True, True))
+    return pos, cell, nl.allocate(pos, cell, model.cutoff, skin=1.0, pbc=(True, True, True))
+
+
+def prepare_bare(model, efs, atoms):
+    """``(callable, calls per invocation)``, warmed up: energy+forces+stress on a pre-built
+    neighbour list / pre-built edges (the floor); torch models: one direct call of the torch EFS."""
+    import jax
+    import jax.numpy as jnp
+
+    pos, cell, nbrs = _engine_inputs(model, atoms)
     if efs is None:
         z = jnp.asarray(atoms.numbers)
         f = jax.jit(model.compute)
@@ -444,11 +451,7 @@ def _torchsim_sevennet_cls():
 def _jaxpto_energy_forces(model, atoms):
     import jax.numpy as jnp
 
-    from jaxpto import neighbors as nl
-
-    pos = jnp.asarray(atoms.positions[None], jnp.float32)
-    cell = jnp.asarray(np.asarray(atoms.cell)[None], jnp.float32)
-    nbrs = nl.allocate(pos, cell, model.cutoff, skin=1.0, pbc=(True, True, True))
+    pos, cell, nbrs = _engine_inputs(model, atoms)
     out = model.compute(pos, cell, jnp.asarray(atoms.numbers), nbrs)
     return float(out.energy[0]), np.asarray(out.forces[0], np.float64)
 

@@ -160,7 +160,13 @@ def _rows_in_blocks(one_atom, n, capacity, block):
 # ----------------------------------------------------------------------------
 
 
-def _ghost_candidates(wrapped, w, cell, *, rmax, images, pbc, ghost_capacity):
+def _far_away(dtype, rmax):
+    """Position of empty candidate slots: never within ``rmax`` of an atom, so the distance
+    test alone rejects them."""
+    return jnp.asarray(1e6, dtype) * (1.0 + rmax)
+
+
+def _ghost_candidates(wrapped, cell, svec, *, rmax, pbc, ghost_capacity):
     """The images ``(j, S)`` that can be a neighbour of an atom in the cell.
 
     An atom wrapped into the cell has fractional coordinates in [0, 1); a pair vector of
@@ -172,9 +178,7 @@ def _ghost_candidates(wrapped, w, cell, *, rmax, images, pbc, ghost_capacity):
     Returns ``(targets [G,3], j [G], s [G], valid [G], overflow)``.
     """
     n = wrapped.shape[0]
-    dtype = wrapped.dtype
-    svec = _image_vectors(images, dtype)  # [M, 3]
-    m = svec.shape[0]
+    m = svec.shape[0]  # image offsets [M, 3]
     inv = _inverse_cell(cell, pbc)
     frac = wrapped @ inv  # [N, 3], in [0, 1) along periodic directions
     heights = 1.0 / jnp.linalg.norm(inv.T, axis=-1)
@@ -192,8 +196,7 @@ def _ghost_candidates(wrapped, w, cell, *, rmax, images, pbc, ghost_capacity):
     j = sel % n
     s = sel // n
     targets = wrapped[j] + image_displacements(svec[s], cell)
-    # Empty slots sit far away, so the distance test alone rejects them.
-    targets = jnp.where(valid[:, None], targets, jnp.asarray(1e6, dtype) * (1.0 + rmax))
+    targets = jnp.where(valid[:, None], targets, _far_away(wrapped.dtype, rmax))
     return targets, j, s, valid, jnp.sum(keep) > ghost_capacity
 
 
@@ -205,7 +208,7 @@ def _build_all_pairs(positions, cell, *, rmax, capacity, images, pbc, ghost_capa
     wrapped = positions - w @ cell
     svec = _image_vectors(images, dtype)  # [M, 3]
     targets, j_of, s_of, valid, ghost_overflow = _ghost_candidates(
-        wrapped, w, cell, rmax=rmax, images=images, pbc=pbc, ghost_capacity=ghost_capacity)
+        wrapped, cell, svec, rmax=rmax, pbc=pbc, ghost_capacity=ghost_capacity)
     zero_image = jnp.all(svec == 0, axis=-1)[s_of]
     rmax2 = rmax * rmax
 
@@ -236,7 +239,6 @@ def _build_cell_list(positions, cell, *, rmax, capacity, grid, bin_capacity, blo
     """One replica; bins of height >= rmax so that the 27 surrounding bins hold every neighbour."""
     n = positions.shape[0]
     dtype = positions.dtype
-    pbc = (True, True, True)
     inv = jnp.linalg.inv(cell)
     frac = positions @ inv
     w = jnp.floor(frac)
@@ -259,9 +261,7 @@ def _build_cell_list(positions, cell, *, rmax, capacity, grid, bin_capacity, blo
     rmax2 = rmax * rmax
     wpad = jnp.concatenate([w, jnp.zeros((1, 3), w.dtype)])
     wrapped_pad = jnp.concatenate([wrapped, jnp.zeros((1, 3), dtype)])
-    # Empty slots sit far away (never within rmax), so the distance test alone rejects them.
-    far = jnp.asarray(1e6, dtype) * (1.0 + rmax)
-    table_pos = jnp.where((table < n)[..., None], wrapped_pad[table], far)  # [bins, bc, 3]
+    table_pos = jnp.where((table < n)[..., None], wrapped_pad[table], _far_away(dtype, rmax))  # [bins, bc, 3]
     # One [bins, bc] table per component: contiguous rows (several times faster on CPU).
     table_x, table_y, table_z = table_pos[..., 0], table_pos[..., 1], table_pos[..., 2]
 

@@ -19,6 +19,14 @@ def ase_set(atoms, rmax):
     return set(zip(i.tolist(), j.tolist(), map(tuple, S.tolist())))
 
 
+def ase_set_at(atoms, positions, cell, rmax):
+    """ASE's pair set for ``atoms`` moved to ``positions`` [1,N,3] in ``cell`` [1,3,3]."""
+    moved = atoms.copy()
+    moved.set_cell(np.asarray(cell[0]))
+    moved.positions = np.asarray(positions[0])
+    return ase_set(moved, rmax)
+
+
 def random_triclinic(n_rep, seed, rattle=0.1, strain=0.08):
     rng = np.random.default_rng(seed)
     atoms = bulk("Cu", "fcc", a=3.6) * n_rep
@@ -85,10 +93,7 @@ def test_rebuild_criterion_and_update_keep_list_complete():
     strained_cell = cell0 * 0.97
     moved = pos0 * 0.97 + 0.1 * rng.normal(size=pos0.shape)
     updated = nl.update(nbrs, moved, strained_cell)
-    atoms2 = atoms.copy()
-    atoms2.set_cell(np.asarray(strained_cell[0]))
-    atoms2.positions = np.asarray(moved[0])
-    true_pairs = ase_set(atoms2, 4.0)
+    true_pairs = ase_set_at(atoms, moved, strained_cell, 4.0)
     assert true_pairs <= pair_set(updated)
     # A large move must trigger a rebuild.
     far = pos0.at[0, 0, 0].add(0.6)
@@ -108,10 +113,7 @@ def test_overflow_is_detected_and_reallocation_recovers():
     assert int(rebuilt.max_count[0]) > nbrs.capacity
     bigger = nl.reallocate(rebuilt, squeezed_pos, squeezed_cell)
     assert bigger.capacity > nbrs.capacity and not bool(bigger.did_overflow[0])
-    atoms2 = atoms.copy()
-    atoms2.set_cell(np.asarray(squeezed_cell[0]))
-    atoms2.positions = np.asarray(squeezed_pos[0])
-    assert pair_set(bigger) == ase_set(atoms2, 3.2)
+    assert pair_set(bigger) == ase_set_at(atoms, squeezed_pos, squeezed_cell, 3.2)
 
 
 def test_shrinking_small_cell_flags_missing_images():
@@ -145,10 +147,7 @@ def test_pruned_images_match_ase_and_their_overflow_recovers():
     assert bool(rebuilt.layout_bad[0]) and bool(rebuilt.did_overflow[0])
     bigger = nl.reallocate(nbrs, squeezed_pos, squeezed_cell, overflowed=rebuilt, overflowed_cell=squeezed_cell)
     assert bigger.ghost_capacity > nbrs.ghost_capacity and not bool(bigger.did_overflow[0])
-    atoms2 = atoms.copy()
-    atoms2.set_cell(np.asarray(squeezed_cell[0]))
-    atoms2.positions = np.asarray(squeezed_pos[0])
-    assert pair_set(bigger) == ase_set(atoms2, 5.0)
+    assert pair_set(bigger) == ase_set_at(atoms, squeezed_pos, squeezed_cell, 5.0)
 
 
 def test_neighbour_order_is_candidate_order():
