@@ -22,13 +22,22 @@ def engine_table(res: dict) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _allocator(machine: dict) -> str:
+    alloc = machine.get("host_allocator")
+    if alloc is None:
+        return "; glibc malloc defaults (before jaxpto.host_allocator)"
+    return "; glibc malloc tuned by jaxpto.host_allocator" if alloc.get("applied") else \
+        f"; glibc malloc not tuned ({alloc.get('reason')})"
+
+
 def suite_table(res: dict) -> str:
     m = res["machine"]
     ts_versions = sorted({p["torchsim_version"] for p in res["points"] if "torchsim_version" in p})
     head = (f"Machine: {m.get('gpu') or m.get('cpu_model') or m.get('processor') or m.get('platform')}, "
             f"{m.get('cpu_count')} cores, JAX {m['jax']} ({m['jax_backend']}), torch {m.get('torch')}, "
             f"ASE {m.get('ase', '?')}, TorchSim {', '.join(ts_versions) or 'not run'}, float32, dt = 2 fs, "
-            f"Langevin NVT 300 K (NPT: Melchionna); median of {res['args'].get('repeats')} round-robin rounds.\n\n")
+            f"Langevin NVT 300 K (NPT: Melchionna); median of {res['args'].get('repeats')} round-robin rounds"
+            f"{_allocator(m)}.\n\n")
     rows = ["| model | atoms | bare ms | jaxpto NVT ms | NPT ms | us/atom/step | ns/day | jaxpto/bare | ASE ms "
             "| ASE/jaxpto | TorchSim ms | TorchSim/jaxpto | R=2 / R=4 / R=8 throughput vs R=1 |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]

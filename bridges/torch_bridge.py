@@ -120,6 +120,20 @@ def edges_from_neighbors(positions, cell, neighbors, cutoff: float):
     return i, dst, shift.astype(positions.dtype), within
 
 
+def _warn_if_allocator_untuned():
+    """CPU torch calls run on XLA's threads; if JAX ran before ``import jaxpto``, those threads
+    kept glibc's per-thread arenas and the model pays its page faults on every call
+    (``jaxpto/host_allocator.py``). Said once per process."""
+    from jaxpto import host_allocator
+
+    if host_allocator.status.get("jax_backend_already_started") and not host_allocator.status.get("warned"):
+        host_allocator.status["warned"] = True
+        warnings.warn("JAX had run computations before jaxpto was imported, so XLA's threads keep glibc's "
+                      "per-thread malloc arenas and this CPU torch model may run up to ~2.5x slower inside MD "
+                      "than when called directly. Fix: import jaxpto before using JAX, or start Python with "
+                      "MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 (or jemalloc/tcmalloc in LD_PRELOAD).", stacklevel=2)
+
+
 class TorchBridge:
     """The callable behind ``Model.compute`` for a torch EFS (see the module docstring).
 
@@ -166,6 +180,8 @@ class TorchBridge:
         t0 = time.perf_counter()
         with torch.enable_grad():
             energy, forces, stress = self.efs(*self._prepare(tensors))
+        if self.n_calls == 0 and energy.device.type == "cpu":
+            _warn_if_allocator_untuned()
         self.n_calls += 1
         self.torch_seconds += time.perf_counter() - t0
         return energy.detach(), forces.detach(), stress.detach()

@@ -217,3 +217,22 @@ def test_registry_checkpoint_path_needs_family(tmp_path):
     p.write_bytes(b"")
     with pytest.raises(ValueError, match="family="):
         jaxpto.load_model(str(p))
+
+
+def test_cpu_bridge_warns_once_when_jax_ran_before_jaxpto(monkeypatch):
+    """If XLA's threads got their malloc arenas before ``import jaxpto`` tuned glibc
+    (jaxpto/host_allocator.py), the first CPU torch call says so, with the fix; once."""
+    import warnings
+
+    from jaxpto import host_allocator
+
+    pos, cell, numbers, nbrs = _inputs(_structures()[:1])
+    for started, expected in ((False, 0), (True, 1)):
+        monkeypatch.setattr(host_allocator, "status", {"applied": True, "jax_backend_already_started": started})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):  # two bridges, two first calls: still one warning
+                jax.block_until_ready(as_jax_model(TorchLJ()).compute(pos, cell, numbers, nbrs))
+        said = [w for w in caught if "malloc arenas" in str(w.message)]
+        assert len(said) == expected, [str(w.message) for w in caught]
+    assert "MALLOC_ARENA_MAX=1" in str(said[0].message) and "import jaxpto before" in str(said[0].message)
