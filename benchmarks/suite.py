@@ -61,9 +61,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-# Before any JAX computation: importing jaxpto sets glibc's malloc up for torch models called on
-# XLA's threads (jaxpto/host_allocator.py); every path of the suite runs under the same settings.
-import jaxpto  # noqa: E402
+# Before any JAX computation: glibc's malloc set up for torch models called on XLA's threads
+# (jaxpto/host_allocator.py, as jaxpto.load_model does); every path of the suite runs under it.
+from jaxpto import host_allocator  # noqa: E402
+
+host_allocator.tune()
 
 LJ_PARAMS = dict(sigma=2.0, epsilon=0.05, rc=5.0, smooth=True)  # a generic pair potential for PbTiO3 cells
 
@@ -542,7 +544,7 @@ def machine():
     info = {"ase": ase.__version__, "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
             "jax_devices": [str(d) for d in jax.devices()],
-            "host_allocator": {k: v for k, v in jaxpto.host_allocator.status.items() if k != "warned"}}
+            "host_allocator": {k: v for k, v in host_allocator.status.items() if k != "warned"}}
     try:
         with open("/proc/cpuinfo") as fh:
             names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]

@@ -106,6 +106,11 @@ def detect_family(path: str) -> str | None:
     return None
 
 
+def is_jax_native(name_or_path) -> bool:
+    """True for the JAX-native potentials' names ("emt", "lj"); False for torch models and files."""
+    return KNOWN_MODELS.get(str(name_or_path).strip().lower(), ("",))[0] == "jax"
+
+
 def known_models() -> list[str]:
     """The names :func:`load_model` accepts."""
     return list(KNOWN_MODELS)
@@ -125,7 +130,10 @@ def _default_torch_device(device):
 
 def _load_torch(family: str, name: str, device, dtype, kw) -> "Model":
     from bridges.torch_bridge import _torch_dtype, as_jax_model
+    from jaxpto import host_allocator
 
+    if device is None or str(device).startswith("cpu"):
+        host_allocator.tune()  # before JAX starts its threads (below); see jaxpto/host_allocator.py
     dev = _default_torch_device(device)
     tdt = _torch_dtype(dtype)
     efs = family_module(family).load(name, device=dev, dtype=tdt, **kw)

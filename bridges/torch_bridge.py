@@ -121,16 +121,17 @@ def edges_from_neighbors(positions, cell, neighbors, cutoff: float):
 
 
 def _warn_if_allocator_untuned():
-    """CPU torch calls run on XLA's threads; if JAX ran before ``import jaxpto``, those threads
-    kept glibc's per-thread arenas and the model pays its page faults on every call
-    (``jaxpto/host_allocator.py``). Said once per process."""
+    """CPU torch calls run on XLA's threads; if JAX had run before the first torch model was
+    loaded, those threads kept glibc's per-thread arenas and the model pays its page faults on
+    every call (``jaxpto/host_allocator.py``). Said once per process."""
     from jaxpto import host_allocator
 
     if host_allocator.status.get("jax_backend_already_started") and not host_allocator.status.get("warned"):
         host_allocator.status["warned"] = True
-        warnings.warn("JAX had run computations before jaxpto was imported, so XLA's threads keep glibc's "
-                      "per-thread malloc arenas and this CPU torch model may run up to ~2.5x slower inside MD "
-                      "than when called directly. Fix: import jaxpto before using JAX, or start Python with "
+        warnings.warn("JAX had run computations before this torch model was loaded, so XLA's threads keep "
+                      "glibc's per-thread malloc arenas and a CPU torch model may run up to ~2.5x slower inside "
+                      "MD than when called directly. Fix: load the model (jaxpto.load_model / as_jax_model) or "
+                      "call jaxpto.host_allocator.tune() before using JAX, or start Python with "
                       "MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 (or jemalloc/tcmalloc in LD_PRELOAD).", stacklevel=2)
 
 
@@ -147,6 +148,10 @@ class TorchBridge:
         self.efs = torch_efs
         self.cutoff = float(torch_efs.cutoff)
         self.device = None if device is None else _torch().device(device)
+        if self.device is None or self.device.type == "cpu":
+            from jaxpto import host_allocator
+
+            host_allocator.tune()  # effective only if JAX has not run yet; else the first call warns
         self.dtype = _torch_dtype(dtype)
         self.n_calls = 0
         self.torch_seconds = 0.0

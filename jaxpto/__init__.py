@@ -6,12 +6,7 @@ Float64 is used when ``jax_enable_x64`` is on (verification); float32 otherwise.
 
 __version__ = "0.1.0"
 
-# Before JAX starts its threads: glibc malloc settings that stop bridged CPU torch models from
-# page-faulting their tensors on every call (see jaxpto/host_allocator.py; JAXPTO_TUNE_MALLOC=0 opts out).
-from jaxpto import host_allocator as _host_allocator  # noqa: E402
-
-_host_allocator.tune()
-
+from jaxpto import host_allocator  # noqa: E402,F401  (tune() is called where torch models are loaded)
 from jaxpto.calculator import JaxptoCalculator  # noqa: E402
 from jaxpto.model import Model, ModelOutput, energy_model  # noqa: E402
 from jaxpto.simulate import run, state_from_atoms  # noqa: E402

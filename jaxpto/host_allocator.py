@@ -17,7 +17,13 @@ memory kept for reuse up to 2 GiB (``M_TRIM_THRESHOLD``) and the heap grown 256 
 1-2 s system time -> 0.58-0.69 s with ~0 system time, equal to the direct call.
 
 They must be in force before XLA's threads allocate anything (a thread is bound to an arena at
-its first ``malloc``), so :func:`tune` runs when :mod:`jaxpto` is imported, before JAX is used.
+its first ``malloc``), so :func:`tune` runs where a torch model is set up for the CPU, before
+JAX is used: ``jaxpto.load_model`` (before it asks JAX for its backend), the torch bridge's
+constructor, the PTO-test workflow and the benchmark suite. If JAX had already run, the settings
+still apply to new memory but not to the threads' arenas, and the bridge's first CPU call warns.
+A process that runs only JAX-native potentials is left alone: one arena for all threads makes
+XLA's (multi-threaded) compilation ~15-20 % slower here (two test files: 88 s -> 105 s, system
+time 5.6 s -> 15 s, from lock contention; ``M_MMAP_MAX = 0`` alone costs nothing).
 It is applied only where it helps and is known not to hurt:
 
 * Linux with glibc (``mallopt`` is glibc's);

@@ -1,10 +1,10 @@
-"""glibc malloc settings applied at ``import jaxpto`` (jaxpto/host_allocator.py).
+"""glibc malloc settings applied where a CPU torch model is set up (jaxpto/host_allocator.py).
 
 The independent reference is glibc's own account of its heaps (``malloc_info(3)``), read in a
-fresh process after a JAX host callback (which runs on one of XLA's threads, as the torch
-bridge does) allocated a 64 MB block and kept it: tuned, that block comes from the one main
-heap; with glibc's defaults (``JAXPTO_TUNE_MALLOC=0``, the negative control) it is ``mmap``-ed
-or lives in a second arena.
+fresh process that built a torch bridge and then ran a JAX host callback (which runs on one of
+XLA's threads, as the bridge's torch calls do) allocating a 64 MB block and keeping it: tuned,
+that block comes from the one main heap; with glibc's defaults (``JAXPTO_TUNE_MALLOC=0``, the
+negative control) it is ``mmap``-ed and XLA's threads have arenas of their own.
 """
 
 import os
@@ -27,6 +27,13 @@ _PROBE = textwrap.dedent("""
         import jax, jax.numpy as jnp
         jax.block_until_ready(jnp.ones(8) + 1)
     import jaxpto
+    assert jaxpto.host_allocator.status["reason"] == "not run"  # importing jaxpto alone tunes nothing
+    from bridges.torch_bridge import TorchBridge
+
+    class NoModel:
+        cutoff = 1.0
+
+    TorchBridge(NoModel())  # a CPU torch model is set up: tune() runs here
     import jax, jax.numpy as jnp
     import numpy as np
 

@@ -219,8 +219,8 @@ def test_registry_checkpoint_path_needs_family(tmp_path):
         jaxpto.load_model(str(p))
 
 
-def test_cpu_bridge_warns_once_when_jax_ran_before_jaxpto(monkeypatch):
-    """If XLA's threads got their malloc arenas before ``import jaxpto`` tuned glibc
+def test_cpu_bridge_warns_once_when_jax_ran_before_the_model_was_loaded(monkeypatch):
+    """If XLA's threads got their malloc arenas before a torch model's set-up tuned glibc
     (jaxpto/host_allocator.py), the first CPU torch call says so, with the fix; once."""
     import warnings
 
@@ -235,4 +235,4 @@ def test_cpu_bridge_warns_once_when_jax_ran_before_jaxpto(monkeypatch):
                 jax.block_until_ready(as_jax_model(TorchLJ()).compute(pos, cell, numbers, nbrs))
         said = [w for w in caught if "malloc arenas" in str(w.message)]
         assert len(said) == expected, [str(w.message) for w in caught]
-    assert "MALLOC_ARENA_MAX=1" in str(said[0].message) and "import jaxpto before" in str(said[0].message)
+    assert "MALLOC_ARENA_MAX=1" in str(said[0].message) and "before using JAX" in str(said[0].message)

@@ -308,6 +308,11 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)}; parts are {', '.join(PARTS)}")
     os.makedirs(out, exist_ok=True)
+    from bridges.registry import is_jax_native
+    from jaxpto import host_allocator
+
+    if not all(is_jax_native(m) for m in models):
+        host_allocator.tune()  # torch models on the CPU: before device_info() starts JAX's threads
     data = load_results(out)
     data.update(protocol=protocol.to_dict(), versions=versions(), device=device_info())
     data.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
