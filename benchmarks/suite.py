@@ -544,7 +544,7 @@ def machine():
     info = {"ase": ase.__version__, "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
             "jax_devices": [str(d) for d in jax.devices()],
-            "host_allocator": {k: v for k, v in host_allocator.status.items() if k != "warned"}}
+            "host_allocator": host_allocator.status}
     try:
         with open("/proc/cpuinfo") as fh:
             names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]

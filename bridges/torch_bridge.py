@@ -120,14 +120,18 @@ def edges_from_neighbors(positions, cell, neighbors, cutoff: float):
     return i, dst, shift.astype(positions.dtype), within
 
 
+_allocator_warning_given = False
+
+
 def _warn_if_allocator_untuned():
     """CPU torch calls run on XLA's threads; if JAX had run before the first torch model was
     loaded, those threads kept glibc's per-thread arenas and the model pays its page faults on
     every call (``jaxpto/host_allocator.py``). Said once per process."""
+    global _allocator_warning_given
     from jaxpto import host_allocator
 
-    if host_allocator.status.get("jax_backend_already_started") and not host_allocator.status.get("warned"):
-        host_allocator.status["warned"] = True
+    if host_allocator.status.get("jax_backend_already_started") and not _allocator_warning_given:
+        _allocator_warning_given = True
         warnings.warn("JAX had run computations before this torch model was loaded, so XLA's threads keep "
                       "glibc's per-thread malloc arenas and a CPU torch model may run up to ~2.5x slower inside "
                       "MD than when called directly. Fix: load the model (jaxpto.load_model / as_jax_model) or "

@@ -105,7 +105,7 @@ def tune(env=None) -> dict:
     """Apply the settings above once per process (see the module docstring); returns and
     records in :data:`status` what was done and why. Safe to call more than once."""
     global status
-    if status.get("applied") or status.get("reason") != "not run":
+    if status["reason"] != "not run":
         return status
     env = os.environ if env is None else env
     skip = _reason_to_skip(env)

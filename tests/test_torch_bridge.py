@@ -224,11 +224,14 @@ def test_cpu_bridge_warns_once_when_jax_ran_before_the_model_was_loaded(monkeypa
     (jaxpto/host_allocator.py), the first CPU torch call says so, with the fix; once."""
     import warnings
 
+    import bridges.torch_bridge as torch_bridge
     from jaxpto import host_allocator
 
     pos, cell, numbers, nbrs = _inputs(_structures()[:1])
     for started, expected in ((False, 0), (True, 1)):
-        monkeypatch.setattr(host_allocator, "status", {"applied": True, "jax_backend_already_started": started})
+        monkeypatch.setattr(host_allocator, "status", {"applied": True, "reason": "tuned",
+                                                       "jax_backend_already_started": started})
+        monkeypatch.setattr(torch_bridge, "_allocator_warning_given", False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for _ in range(2):  # two bridges, two first calls: still one warning
