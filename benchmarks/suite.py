@@ -32,11 +32,19 @@ peaks; CPU: the process's peak resident set, which only grows), and the ratios j
 ASE/jaxpto, TorchSim/jaxpto. Units are ASE's (eV, A) throughout. Results:
 ``benchmarks/results/suite-<device>.json`` and a plot.
 
+Large systems: ``--isolate`` runs every (model, size) point in a fresh child process, so that its
+peak memory is its own and a point that runs out of memory (``--memory-limit-gb``: an address-space
+limit, so torch raises instead of the kernel's OOM killer stopping the machine) or time
+(``--point-timeout``) is recorded with the reason while the run goes on; ``--grow`` then adds
+supercells of about twice the atoms after ``--sizes`` until a point fails: ``largest_fit`` in the
+JSON is the largest system whose point completed. The JSON is saved after every point.
+
 Usage::
 
     python benchmarks/suite.py                         # defaults for this device
     python benchmarks/suite.py --models 7net-0 chgnet-0.3.0 lj --sizes 2 3 4 5 --replicas 1 2 4 8
     python benchmarks/suite.py --quick                 # a few minutes on a laptop CPU
+    python benchmarks/suite.py --models lj --sizes 2 5 10 --isolate --grow --memory-limit-gb 20
 
 Models: real ``7net-0`` and ``chgnet-0.3.0``; ``mace-medium-random`` (MACE-MP-0b medium
 hyper-parameters, random weights) and ``orb-v2-random`` (ORB v2 architecture, random weights) when
@@ -576,11 +584,28 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20 if gpu else 3, help="steps per timed chunk")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ase-max-atoms", type=int, default=5000 if gpu else 700)
+    ap.add_argument("--torchsim-max-atoms", type=int, default=None, help="default: --ase-max-atoms")
     ap.add_argument("--quick", action="store_true", help="sizes 2 3, replicas 1 2 4, models lj 7net-0 chgnet-0.3.0")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--isolate", action="store_true",
+                    help="run every (model, size) point in a fresh child process: its peak memory is its own, "
+                         "and a point that runs out of memory or time is recorded and the run goes on")
+    ap.add_argument("--point-timeout", type=float, default=None,
+                    help="with --isolate: seconds before a point's process is stopped (recorded as an error)")
+    ap.add_argument("--memory-limit-gb", type=float, default=None,
+                    help="with --isolate: address-space limit of each point's process (RLIMIT_AS), so that an "
+                         "allocation beyond it fails in that process instead of calling the kernel's OOM killer")
+    ap.add_argument("--grow", action="store_true",
+                    help="after --sizes, keep adding larger supercells (about 2x the atoms each) until a point "
+                         "fails or exceeds --grow-max-atoms: the largest that fits (needs --isolate)")
+    ap.add_argument("--grow-max-atoms", type=int, default=1_000_000)
     args = ap.parse_args(argv)
+    if args.torchsim_max_atoms is None:
+        args.torchsim_max_atoms = args.ase_max_atoms
     if args.quick:
         args.sizes, args.replicas, args.models = [2, 3], [1, 2, 4], ["lj", "7net-0", "chgnet-0.3.0"]
+    if (args.point_timeout or args.memory_limit_gb or args.grow) and not args.isolate:
+        ap.error("--point-timeout, --memory-limit-gb and --grow act on child processes: add --isolate")
     dev = "gpu" if gpu else "cpu"
     out = args.out or os.path.join(HERE, "results", f"suite-{dev}.json")
     result = {"machine": machine(), "args": vars(args), "points": [], "skipped": [], "notes": []}
@@ -588,11 +613,13 @@ def main(argv=None):
     warnings.simplefilter("ignore")
 
     def save():
-        os.makedirs(os.path.dirname(out), exist_ok=True)
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         with open(out + ".tmp", "w") as fh:
             json.dump(result, fh, indent=1)
         os.replace(out + ".tmp", out)
 
+    if args.isolate:
+        return _run_isolated(args, result, save, tmpdir, gpu, out)
     for name in args.models:
         try:
             model, efs, calc_factory, desc = build_model(name, tmpdir)
@@ -633,6 +660,8 @@ def main(argv=None):
                     result["skipped"].append({"model": name, "n_atoms": N, "path": "ase",
                                               "reason": f"N > --ase-max-atoms {args.ase_max_atoms}"})
                 try:
+                    if N > args.torchsim_max_atoms:
+                        raise NotImplementedError(f"N > --torchsim-max-atoms {args.torchsim_max_atoms}")
                     ts_model = torchsim_model(name, efs)
                     p["torchsim_agreement"] = agree = torchsim_agreement(ts_model, model, atoms)
                     # float32 round-off on both sides; anything larger is a different model
@@ -679,6 +708,10 @@ def main(argv=None):
             if "torchsim_over_jaxpto" in p:
                 line += f"; TorchSim/jaxpto {p['torchsim_over_jaxpto']:.2f}"
             print(line + (f"; ERROR {p['error']}" if "error" in p else ""), flush=True)
+    return _finish(result, save, gpu, out)
+
+
+def _finish(result, save, gpu, out):
     if not gpu:
         result["notes"].append("No GPU in this run: the GPU part of the suite was skipped (run the same command "
                                "on a GPU machine; results go to suite-gpu.json).")
@@ -689,6 +722,97 @@ def main(argv=None):
         print(f"plot failed: {exc}")
     print(f"wrote {out}")
     return result
+
+
+def _grown_sizes(n):
+    """The next supercell after n^3 cells: about twice the atoms (n * 2^(1/3), rounded up)."""
+    return int(np.ceil(n * 2 ** (1 / 3)))
+
+
+def _child_argv(args, name, n, out):
+    argv = [sys.executable, os.path.abspath(__file__), "--models", name, "--sizes", str(n),
+            "--replicas", *map(str, args.replicas), "--max-total-atoms", str(args.max_total_atoms),
+            "--steps", str(args.steps), "--repeats", str(args.repeats), "--ase-max-atoms", str(args.ase_max_atoms),
+            "--torchsim-max-atoms", str(args.torchsim_max_atoms), "--out", out]
+    return argv
+
+
+def _run_point_process(args, name, n, tmpdir):
+    """Run one (model, size) point in a fresh process; returns its JSON, or a dict with the
+    failure (time-out, killed, non-zero exit) and the tail of its output."""
+    import resource as _resource
+    import signal
+    import subprocess
+
+    out = os.path.join(tmpdir, f"point-{name}-{n}.json")
+    limit = None if args.memory_limit_gb is None else int(args.memory_limit_gb * 2**30)
+
+    def set_limit():
+        if limit is not None:
+            _resource.setrlimit(_resource.RLIMIT_AS, (limit, limit))
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(_child_argv(args, name, n, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, preexec_fn=set_limit, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=args.point_timeout)
+        reason = None if proc.returncode == 0 else (
+            f"killed by signal {-proc.returncode} ({signal.Signals(-proc.returncode).name}"
+            + (", the kernel's OOM killer?" if proc.returncode == -9 else "") + ")"
+            if proc.returncode < 0 else f"exit status {proc.returncode}")
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        reason = f"stopped after --point-timeout {args.point_timeout:g} s"
+    wall = time.perf_counter() - t0
+    tail = "\n".join((log or "").strip().splitlines()[-8:])
+    print(tail, flush=True)
+    child = None
+    if os.path.exists(out):
+        with open(out) as fh:
+            child = json.load(fh)
+    return child, reason, tail, wall
+
+
+def _run_isolated(args, result, save, tmpdir, gpu, out):
+    """``--isolate``: every (model, size) in its own process (see ``main``), merged into one JSON,
+    saved after every point. A point that fails (out of memory, time-out) is recorded with the
+    reason; with ``--grow`` it ends that model's growth, and ``largest_fit[model]`` is the largest
+    system whose point completed."""
+    result["largest_fit"] = {}
+    for name in args.models:
+        sizes = list(args.sizes)
+        k = 0
+        while k < len(sizes):
+            n = sizes[k]
+            k += 1
+            child, reason, tail, wall = _run_point_process(args, name, n, tmpdir)
+            if child is not None:
+                if "machine" in child:
+                    result["machine"] = child["machine"]  # the children's (allocator state included)
+                result["skipped"] += child.get("skipped", [])
+            pts = [] if child is None else child.get("points", [])
+            ok = bool(pts) and all("error" not in p for p in pts) and reason is None
+            if not pts and child is not None and any(s.get("model") == name and "n_atoms" not in s
+                                                     for s in child.get("skipped", [])):
+                break  # the model itself could not be built: listed in "skipped" by the child
+            if not pts:
+                pts = [{"model": name, "cells": n, "n_atoms": 5 * n**3, "error": reason or "no result",
+                        "output_tail": tail}]
+            elif reason is not None:
+                for p in pts:
+                    p.setdefault("error", reason)
+            for p in pts:
+                p["process_wall_s"] = wall
+            result["points"] += pts
+            if ok:
+                result["largest_fit"][name] = max(result["largest_fit"].get(name, 0), 5 * n**3)
+            save()
+            if args.grow and k == len(sizes):
+                nxt = _grown_sizes(max(sizes))
+                if ok and 5 * nxt**3 <= args.grow_max_atoms:
+                    sizes.append(nxt)
+    return _finish(result, save, gpu, out)
 
 
 def plot(result, path):

@@ -38,19 +38,37 @@ def suite_table(res: dict) -> str:
             f"ASE {m.get('ase', '?')}, TorchSim {', '.join(ts_versions) or 'not run'}, float32, dt = 2 fs, "
             f"Langevin NVT 300 K (NPT: Melchionna); median of {res['args'].get('repeats')} round-robin rounds"
             f"{_allocator(m)}.\n\n")
+    isolated = bool(res["args"].get("isolate"))
+    head += ("Peak memory: each point ran in its own process (`--isolate`): host peak RSS of that process "
+             "(all its paths), or the GPU peaks." if isolated else
+             "Peak memory: host peak RSS of the whole run so far (it only grows), or the GPU peaks.") + "\n\n"
+    reps_shown = sorted({int(r) for p in res["points"] for r in p.get("replicas", {})})
     rows = ["| model | atoms | bare ms | jaxpto NVT ms | NPT ms | us/atom/step | ns/day | jaxpto/bare | ASE ms "
-            "| ASE/jaxpto | TorchSim ms | TorchSim/jaxpto | R=2 / R=4 / R=8 throughput vs R=1 |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+            "| ASE/jaxpto | TorchSim ms | TorchSim/jaxpto | peak MB | "
+            + (" / ".join(f"R={r}" for r in reps_shown) + " throughput vs R=1" if reps_shown else "replicas") + " |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
 
     def ms(x):
         return f"{x:.3g}" if x < 10 else f"{x:.0f}"
 
     for p in res["points"]:
         if "nvt" not in p:
-            rows.append(f"| {p['model']} | {p['n_atoms']} | error: {p.get('error', '?')} |")
+            err = p.get("error", "?").replace("|", "/")
+            if "can't allocate memory" in err or "Cannot allocate memory" in err:
+                where = (p.get("traceback") or "").strip().splitlines()
+                err = "out of memory" + (f" (`--memory-limit-gb {res['args']['memory_limit_gb']:g}`)"
+                                         if res["args"].get("memory_limit_gb") else "")
+                path = next((w for w in ("prepare_bare", "prepare_jaxpto", "prepare_ase", "prepare_torchsim")
+                             if any(w in ln for ln in where)), None)
+                if path:
+                    err += f" in {path.replace('prepare_', '')} path set-up"
+            rows.append(f"| {p['model']} | {p['n_atoms']} | {err[:160]} |" + " |" * 12)
             continue
-        reps = " / ".join(f"{p['replicas'][r]['throughput_over_R1']:.2f}" for r in ("2", "4", "8")
-                          if r in p.get("replicas", {}))
+        reps = " / ".join(f"{p['replicas'][str(r)]['throughput_over_R1']:.2f}" for r in reps_shown
+                          if str(r) in p.get("replicas", {}))
+        mem = p.get("memory", {})
+        peak = mem.get("torch_cuda_peak_mb", 0) + mem.get("jax_device_peak_mb", 0) or mem.get("host_peak_rss_mb")
+        peak = f"{peak:.0f}" if peak else ""
         ase = ms(p["ase"]["ms_per_step"]) if "ase" in p else ""
         ratio = f"{p['ase_over_jaxpto']:.2f}" if "ase_over_jaxpto" in p else ""
         if "torchsim" in p:
@@ -59,7 +77,7 @@ def suite_table(res: dict) -> str:
             ts, ts_ratio = ("n/a" if "torchsim_skipped" in p else "failed"), ""
         rows.append(f"| {p['model']} | {p['n_atoms']} | {ms(p['bare']['ms_per_step'])} | {ms(p['nvt']['ms_per_step'])} | "
                     f"{ms(p['npt']['ms_per_step'])} | {p['nvt']['us_per_atom_step']:.3g} | {p['nvt']['ns_per_day']:.3g} | "
-                    f"{p['jaxpto_over_bare']:.2f} | {ase} | {ratio} | {ts} | {ts_ratio} | {reps} |")
+                    f"{p['jaxpto_over_bare']:.2f} | {ase} | {ratio} | {ts} | {ts_ratio} | {peak} | {reps} |")
     return head + "\n".join(rows) + "\n"
 
 

@@ -78,3 +78,69 @@ def test_torchsim_same_model_and_timed(tmp_path, suite_run):
     assert "error" not in p and "torchsim_failed" not in p and "torchsim_skipped" not in p, p
     assert p["torchsim_agreement"]["same_model"], p["torchsim_agreement"]
     assert p["torchsim"]["ms_per_step"] > 0 and p["torchsim_over_jaxpto"] > 0
+
+
+def test_isolated_points_run_in_their_own_processes(tmp_path):
+    """``--isolate``: the point runs in a child process whose JSON is merged (with its own peak
+    memory and wall time); ``--grow`` stops at ``--grow-max-atoms`` (next size, 135 atoms, > 100)."""
+    out = str(tmp_path / "iso.json")
+    res = suite.main(["--models", "lj", "--sizes", "2", "--replicas", "1", "--steps", "2", "--repeats", "1",
+                      "--isolate", "--grow", "--grow-max-atoms", "100", "--out", out])
+    data = json.load(open(out))
+    assert data == json.loads(json.dumps(res))
+    (p,) = data["points"]
+    assert p["n_atoms"] == 40 and "error" not in p, p
+    assert p["nvt"]["ms_per_step"] > 0 and p["memory"]["host_peak_rss_mb"] > 0 and p["process_wall_s"] > 0
+    assert data["largest_fit"] == {"lj": 40}
+    assert data["machine"]["host_allocator"]["reason"] != "not run"  # the child's state, not the parent's
+
+
+def test_isolated_point_failures_are_recorded(tmp_path):
+    """A point's process that runs out of time or memory is recorded with the reason and the run
+    writes its JSON; a process limited to 0.3 GB of address space cannot even import JAX."""
+    out = str(tmp_path / "fail.json")
+    data = suite.main(["--models", "lj", "--sizes", "2", "--isolate", "--point-timeout", "1", "--out", out])
+    (p,) = data["points"]
+    assert "stopped after --point-timeout 1 s" in p["error"] and data["largest_fit"] == {}
+    assert json.load(open(out))["points"][0]["error"] == p["error"]
+    data = suite.main(["--models", "lj", "--sizes", "2", "--isolate", "--memory-limit-gb", "0.3", "--out", out])
+    (p,) = data["points"]
+    assert p["error"].startswith("exit status") or p["error"].startswith("killed by signal"), p
+    # an address-space failure: torch/numpy "cannot allocate memory", or the loader cannot map a library
+    assert any(w in p["output_tail"].lower() for w in ("memory", "alloc", "failed to map")), p["output_tail"]
+
+
+def test_grow_stops_at_the_first_failed_size(tmp_path, monkeypatch):
+    """``--grow`` adds sizes of ~2x the atoms after the listed ones while points succeed; the first
+    failure ends that model's growth and ``largest_fit`` is the last completed size."""
+    assert [suite._grown_sizes(n) for n in (2, 3, 4, 5, 10)] == [3, 4, 6, 7, 13]
+    calls = []
+
+    def fake_point(args, name, n, tmpdir):
+        calls.append((name, n))
+        if n >= 6:
+            return None, "killed by signal 9 (SIGKILL, the kernel's OOM killer?)", "Killed", 1.0
+        return {"points": [{"model": name, "cells": n, "n_atoms": 5 * n**3}], "skipped": []}, None, "", 1.0
+
+    monkeypatch.setattr(suite, "_run_point_process", fake_point)
+    data = suite.main(["--models", "a", "b", "--sizes", "2", "--isolate", "--grow", "--out", str(tmp_path / "g.json")])
+    assert calls == [("a", 2), ("a", 3), ("a", 4), ("a", 6), ("b", 2), ("b", 3), ("b", 4), ("b", 6)]
+    assert data["largest_fit"] == {"a": 320, "b": 320}
+    assert [p.get("error", "") for p in data["points"]][3].startswith("killed by signal 9")
+    with pytest.raises(SystemExit):
+        suite.main(["--models", "a", "--grow"])  # --grow without --isolate: a clear usage error
+
+
+def test_step_profile_accounts_for_the_step(tmp_path):
+    """benchmarks/step_profile.py runs and splits the LJ step's excess over the bare call into its
+    parts (each timed on its own), writing its JSON."""
+    import step_profile
+
+    out = tmp_path / "prof.json"
+    res = step_profile.main(["--sizes", "2", "--steps", "50", "--repeats", "1", "--out", str(out)])
+    (p,) = json.load(open(out))["points"]
+    assert p == json.loads(json.dumps(res["points"][0]))
+    assert p["n_atoms"] == 40 and all(v > 0 for v in p["ms"].values()), p
+    assert 0 < p["rebuilds_per_step"] < 1, p  # the 40-atom LJ fluid moves: some, not every step
+    parts = p["excess_parts_ms"]
+    assert abs(sum(parts.values()) - p["excess_ms"]) < 1e-9 and parts["rng"] > 0 and parts["nl_build_amortised"] > 0
