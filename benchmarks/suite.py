@@ -571,7 +571,17 @@ def machine():
     return info
 
 
+_PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
+_parent_set_preallocate = False
+
+
 def main(argv=None):
+    global _parent_set_preallocate
+    if "--isolate" in (sys.argv[1:] if argv is None else argv) and _PREALLOCATE not in os.environ:
+        # The --isolate parent only orchestrates. On a GPU, JAX would otherwise reserve 75 % of the
+        # device's memory at its first use here, and the points' processes would get the rest.
+        os.environ[_PREALLOCATE] = "false"
+        _parent_set_preallocate = True
     import jax
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -737,6 +747,15 @@ def _child_argv(args, name, n, out):
     return argv
 
 
+def _child_env():
+    """The points' processes run with the user's environment: without the parent's own
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (see ``main``), so each point allocates as JAX does by default."""
+    env = dict(os.environ)
+    if _parent_set_preallocate:
+        env.pop(_PREALLOCATE, None)
+    return env
+
+
 def _run_point_process(args, name, n, tmpdir):
     """Run one (model, size) point in a fresh process; returns its JSON, or a dict with the
     failure (time-out, killed, non-zero exit) and the tail of its output."""
@@ -753,7 +772,7 @@ def _run_point_process(args, name, n, tmpdir):
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(_child_argv(args, name, n, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, preexec_fn=set_limit, start_new_session=True)
+                            text=True, preexec_fn=set_limit, start_new_session=True, env=_child_env())
     try:
         log, _ = proc.communicate(timeout=args.point_timeout)
         reason = None if proc.returncode == 0 else (

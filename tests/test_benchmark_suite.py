@@ -80,9 +80,12 @@ def test_torchsim_same_model_and_timed(tmp_path, suite_run):
     assert p["torchsim"]["ms_per_step"] > 0 and p["torchsim_over_jaxpto"] > 0
 
 
-def test_isolated_points_run_in_their_own_processes(tmp_path):
+def test_isolated_points_run_in_their_own_processes(tmp_path, monkeypatch):
     """``--isolate``: the point runs in a child process whose JSON is merged (with its own peak
     memory and wall time); ``--grow`` stops at ``--grow-max-atoms`` (next size, 135 atoms, > 100)."""
+    monkeypatch.setenv(suite._PREALLOCATE, "unset below; restored after the test")
+    monkeypatch.delenv(suite._PREALLOCATE)
+    monkeypatch.setattr(suite, "_parent_set_preallocate", False)
     out = str(tmp_path / "iso.json")
     res = suite.main(["--models", "lj", "--sizes", "2", "--replicas", "1", "--steps", "2", "--repeats", "1",
                       "--isolate", "--grow", "--grow-max-atoms", "100", "--out", out])
@@ -93,6 +96,9 @@ def test_isolated_points_run_in_their_own_processes(tmp_path):
     assert p["nvt"]["ms_per_step"] > 0 and p["memory"]["host_peak_rss_mb"] > 0 and p["process_wall_s"] > 0
     assert data["largest_fit"] == {"lj": 40}
     assert data["machine"]["host_allocator"]["reason"] != "not run"  # the child's state, not the parent's
+    # The orchestrating parent keeps JAX from reserving a GPU's memory; its children get the user's environment.
+    assert suite._parent_set_preallocate and os.environ[suite._PREALLOCATE] == "false"
+    assert suite._PREALLOCATE not in suite._child_env()
 
 
 def test_isolated_point_failures_are_recorded(tmp_path):
