@@ -757,8 +757,8 @@ def _child_env():
 
 
 def _run_point_process(args, name, n, tmpdir):
-    """Run one (model, size) point in a fresh process; returns its JSON, or a dict with the
-    failure (time-out, killed, non-zero exit) and the tail of its output."""
+    """Run one (model, size) point in a fresh process. Returns ``(child JSON or None, failure
+    reason or None (time-out, killed, non-zero exit), tail of its output, wall seconds)``."""
     import resource as _resource
     import signal
     import subprocess
