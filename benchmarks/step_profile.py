@@ -23,8 +23,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
@@ -50,27 +48,17 @@ def _loop(fn, steps):
 def profile(n, steps=400, repeats=5):
     import jax
     import jax.numpy as jnp
-    from ase import units
 
     import jaxpto
     from jaxpto import neighbors as nl
-    from jaxpto.integrators import langevin
-    from jaxpto.simulate import run_chunk, state_from_atoms
 
     model = jaxpto.load_model("lj", **suite.LJ_PARAMS)
     atoms = suite._atoms(n)
     N = len(atoms)
     bare, k = suite.prepare_bare(model, None, atoms)
-    state, force_fn = state_from_atoms([atoms], model, seed=0, skin=1.0, dtype=np.float32)
-    integ = langevin(force_fn, 2 * units.fs)
-    holder = {"s": integ.init(state, 300.0, 0.01 / units.fs)}
-
-    def chunk():
-        holder["s"], _ = run_chunk(integ, holder["s"], steps)
-        jax.block_until_ready(holder["s"].positions)
-
-    chunk()
-    chunk()  # compiled, and past the first re-allocation of the list, if any
+    chunk = suite.prepare_jaxpto(model, atoms, "nvt", 1, steps)  # the suite's nvt path, compiled
+    holder = chunk.holder
+    chunk()  # past the first re-allocation of the list, if any
     builds0 = int(jnp.max(holder["s"].neighbors.n_builds))
     s = holder["s"]
     nbrs, pos, cell = s.neighbors, s.positions, s.cell

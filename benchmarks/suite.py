@@ -284,7 +284,7 @@ def prepare_bare(model, efs, atoms):
 
 
 def prepare_jaxpto(model, atoms, ensemble, replicas, steps, T=300.0):
-    """A warmed-up (compiled) callable taking ``steps`` jaxpto steps: Langevin NVT (friction
+    """A warmed-up (compiled) callable taking ``steps`` jaxpto steps (``.holder["s"]``: the state): Langevin NVT (friction
     0.01/fs) or Melchionna NPT (ttime 25 fs, pfactor (75 fs)^2 B, P = 0), 2 fs, ``replicas``
     copies of ``atoms`` (momenta as given, replica r > 0 re-drawn at T with seed r)."""
     import jax
@@ -311,6 +311,7 @@ def prepare_jaxpto(model, atoms, ensemble, replicas, steps, T=300.0):
         jax.block_until_ready(holder["s"].positions)
 
     chunk()  # compile + warm-up
+    chunk.holder = holder  # the live state (benchmarks/step_profile.py reads its step and rebuild counts)
     return chunk
 
 
