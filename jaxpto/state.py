@@ -39,7 +39,8 @@ class MDState:
     neighbors: Any  # NeighborList for the model's cutoff, or None
     key: jax.Array  # [R, 2] uint32 PRNG keys, one stream per replica
     step: jax.Array  # [] int32, steps taken
-    integrator: Any = None  # integrator-specific variables and per-replica parameters
+    variables: Any = None  # the integrator's variables and per-replica parameters (e.g. LangevinVariables)
+    active: Any = None  # [R] bool (None: all running): replicas stopped by the driver hold still
 
     @property
     def n_replicas(self) -> int:
@@ -193,6 +194,7 @@ def create_state(
         neighbors=neighbors,
         key=keys,
         step=jnp.zeros((), jnp.int32),
+        active=jnp.ones((R,), bool),
     )
     force_fn = make_force_fn(model, tuple(int(z) for z in numbers))
     state = _evaluate_jit(state, force_fn)
@@ -207,8 +209,28 @@ def default_dtype():
     return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.float32)
 
 
+def _per_replica_fields(state: MDState) -> dict:
+    """Every per-replica part of the state (leading axis ``R``): all but ``masses``, ``numbers``, ``step``."""
+    return dict(positions=state.positions, momenta=state.momenta, cell=state.cell, energy=state.energy,
+                forces=state.forces, stress=state.stress, key=state.key, neighbors=state.neighbors,
+                variables=state.variables, active=state.active)
+
+
+def _map_replicas(fn, state: MDState, *others: MDState) -> MDState:
+    """``state`` with ``fn(leaf, *other_leaves)`` applied to every per-replica leaf."""
+    fields = _per_replica_fields(state)
+    rest = [_per_replica_fields(o) for o in others]
+    new = {}
+    for name, value in fields.items():
+        if value is None:
+            new[name] = None
+            continue
+        new[name] = jax.tree_util.tree_map(fn, value, *[r[name] for r in rest])
+    return state.replace(**new)
+
+
 def take_replicas(state: MDState, keep) -> MDState:
-    """The state of the replicas ``keep`` (indices or a boolean mask), e.g. to drop one that blew up.
+    """The state of the replicas ``keep`` (indices or a boolean mask), e.g. to split a batch.
 
     Every array of the state is per replica (leading axis ``R``) except ``masses``, ``numbers``
     and ``step``; this holds for the neighbour list and for every integrator's variables and
@@ -228,9 +250,37 @@ def take_replicas(state: MDState, keep) -> MDState:
                              f"expected leading axis {R}")
         return jnp.asarray(leaf)[idx]
 
-    per = dict(positions=state.positions, momenta=state.momenta, cell=state.cell, energy=state.energy,
-               forces=state.forces, stress=state.stress, key=state.key)
-    new = {k: take(v) for k, v in per.items()}
-    new["neighbors"] = None if state.neighbors is None else jax.tree_util.tree_map(take, state.neighbors)
-    new["integrator"] = None if state.integrator is None else jax.tree_util.tree_map(take, state.integrator)
-    return state.replace(**new)
+    return _map_replicas(take, state)
+
+
+def select_replicas(where, new: MDState, old: MDState) -> MDState:
+    """Per replica: ``new`` where ``where`` ([R] bool) is True, else ``old`` (same shapes; jit-able).
+
+    The neighbour list is taken from ``new`` for every replica when its shapes differ from
+    ``old``'s (a re-allocation); it is valid for the positions it was built with either way.
+    """
+    where = jnp.asarray(where)
+
+    def pick(a, b):
+        if a.shape != b.shape:
+            return a
+        return jnp.where(where.reshape(where.shape + (1,) * (a.ndim - 1)), a, b)
+
+    if jax.tree_util.tree_structure(new.neighbors) != jax.tree_util.tree_structure(old.neighbors) or any(
+            x.shape != y.shape for x, y in zip(jax.tree_util.tree_leaves(new.neighbors),
+                                              jax.tree_util.tree_leaves(old.neighbors))):
+        old = old.replace(neighbors=new.neighbors)
+    return _map_replicas(pick, new, old)
+
+
+def hold_stopped(new: MDState, old: MDState) -> MDState:
+    """One step's result with the stopped replicas (``old.active`` False) held at ``old`` (jit-able).
+
+    The neighbour list is left as ``new`` has it: a stopped replica does not move, so a rebuild
+    triggered by the others stays valid for it. Its forces are still computed (the batch keeps
+    its shape: nothing recompiles), and thrown away.
+    """
+    if old.active is None:
+        return new
+    held = select_replicas(old.active, new, old.replace(neighbors=new.neighbors))
+    return held.replace(step=new.step)

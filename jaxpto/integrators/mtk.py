@@ -90,13 +90,14 @@ from flax import struct
 
 from jaxpto.integrators.base import Integrator, check_timestep
 from jaxpto.integrators.nose_hoover_chain import (
-    NHCChain,
+    NoseHooverChainVariables,
     _check_positive,
     atoms_kinetic2,
     chain_energy,
     chain_init,
     chain_propagate,
     thermostat_init,
+    retarget_chain,
 )
 from jaxpto.state import MDState, ForceFn, evaluate, kinetic_energy, kinetic_stress, per_replica, volume
 
@@ -132,10 +133,10 @@ def exprel(x: jax.Array) -> jax.Array:
 
 @struct.dataclass
 class MTKVariables:
-    """``state.integrator`` of :func:`mtk_npt` (full and masked cell)."""
+    """``state.variables`` of :func:`mtk_npt` (full and masked cell)."""
 
-    thermostat: NHCChain  # atoms' chain (dof 3N)
-    barostat: NHCChain  # cell chain (dof 9, or sum(mask))
+    thermostat: NoseHooverChainVariables  # atoms' chain (dof 3N)
+    barostat: NoseHooverChainVariables  # cell chain (dof 9, or sum(mask))
     p_cell: jax.Array  # [R,3,3] p_g (full) or [R,3] p_c (masked), eV * ASE time
     W: jax.Array  # [R] cell mass, (N + 1) kT tau_p^2
     pressure: jax.Array  # [R] external pressure, eV/A^3
@@ -144,10 +145,10 @@ class MTKVariables:
 
 @struct.dataclass
 class IsotropicMTKVariables:
-    """``state.integrator`` of :func:`isotropic_mtk_npt`."""
+    """``state.variables`` of :func:`isotropic_mtk_npt`."""
 
-    thermostat: NHCChain
-    barostat: NHCChain  # dof 1, R_1 = 9 kT tau_p^2 (ASE)
+    thermostat: NoseHooverChainVariables
+    barostat: NoseHooverChainVariables  # dof 1, R_1 = 9 kT tau_p^2 (ASE)
     eps: jax.Array  # [R] (1/3) ln(V / V0)
     p_eps: jax.Array  # [R]
     W: jax.Array  # [R] (3N + 3) kT tau_p^2
@@ -229,7 +230,20 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
             basis = state.cell / jnp.linalg.norm(state.cell, axis=2)[:, :, None]
         variables = MTKVariables(thermostat=thermostat, barostat=barostat, p_cell=p_cell, W=W,
                                  pressure=P, basis=basis)
-        return state.replace(integrator=variables)
+        return state.replace(variables=variables)
+
+    def set_parameters(state: MDState, temperature_K=None, pressure_au=None) -> MDState:
+        """New temperatures (K) and/or pressures (eV/A^3) for a running state: chain masses and the cell
+        mass ``W`` (all proportional to ``kT``) rescaled; positions and momenta of chains and cell carry on."""
+        v = state.variables
+        if temperature_K is not None:
+            thermostat = retarget_chain(v.thermostat, temperature_K)
+            ratio = thermostat.kT / v.thermostat.kT
+            barostat = v.barostat.replace(kT=thermostat.kT, Q=v.barostat.Q * ratio[:, None])
+            v = v.replace(thermostat=thermostat, barostat=barostat, W=v.W * ratio)
+        if pressure_au is not None:
+            v = v.replace(pressure=per_replica(pressure_au, state.n_replicas, "pressure_au", v.W.dtype))
+        return state.replace(variables=v)
 
     def full_p_g(v: MTKVariables):
         if mask is None:
@@ -276,7 +290,7 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
 
     def step(state: MDState) -> MDState:
         dt2 = dt / 2
-        v: MTKVariables = state.integrator
+        v: MTKVariables = state.variables
         masses = state.masses[None, :, None]
         kin2 = atoms_kinetic2(state.masses)
         N = state.n_atoms
@@ -300,10 +314,10 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
         v = v.replace(thermostat=thermostat)
         barostat, p_cell = chain_propagate(v.barostat, v.p_cell, cell_kinetic2(v), dt2, ploop)
         v = v.replace(barostat=barostat, p_cell=p_cell)
-        return state.replace(momenta=p, integrator=v, step=state.step + 1)
+        return state.replace(momenta=p, variables=v, step=state.step + 1)
 
     name = "MTKNPT" if mask is None else f"MaskedMTKNPT{mask}"
-    return Integrator(init=init, step=step, name=name)
+    return Integrator(init=init, step=step, name=name, set_parameters=set_parameters)
 
 
 # ---------------------------------------------------------------------------
@@ -333,7 +347,20 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
         zeros = jnp.zeros_like(kT)
         variables = IsotropicMTKVariables(thermostat=thermostat, barostat=barostat, eps=zeros, p_eps=zeros,
                                           W=W, pressure=P, cell0=state.cell, volume0=volume(state.cell))
-        return state.replace(integrator=variables)
+        return state.replace(variables=variables)
+
+    def set_parameters(state: MDState, temperature_K=None, pressure_au=None) -> MDState:
+        """New temperatures (K) and/or pressures (eV/A^3) for a running state: chain masses and the cell
+        mass ``W`` (all proportional to ``kT``) rescaled; positions and momenta of chains and cell carry on."""
+        v = state.variables
+        if temperature_K is not None:
+            thermostat = retarget_chain(v.thermostat, temperature_K)
+            ratio = thermostat.kT / v.thermostat.kT
+            barostat = v.barostat.replace(kT=thermostat.kT, Q=v.barostat.Q * ratio[:, None])
+            v = v.replace(thermostat=thermostat, barostat=barostat, W=v.W * ratio)
+        if pressure_au is not None:
+            v = v.replace(pressure=per_replica(pressure_au, state.n_replicas, "pressure_au", v.W.dtype))
+        return state.replace(variables=v)
 
     def integrate_p_cell(state: MDState, v: IsotropicMTKVariables, p, delta):
         masses = state.masses[None, :, None]
@@ -345,7 +372,7 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
 
     def step(state: MDState) -> MDState:
         dt2 = dt / 2
-        v: IsotropicMTKVariables = state.integrator
+        v: IsotropicMTKVariables = state.variables
         masses = state.masses[None, :, None]
         kin2 = atoms_kinetic2(state.masses)
         N = state.n_atoms
@@ -374,9 +401,9 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
         v = v.replace(thermostat=thermostat)
         barostat, p_eps = chain_propagate(v.barostat, v.p_eps, lambda pe: pe**2 / v.W, dt2, ploop)
         v = v.replace(barostat=barostat, p_eps=p_eps)
-        return state.replace(momenta=p, integrator=v, step=state.step + 1)
+        return state.replace(momenta=p, variables=v, step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="IsotropicMTKNPT")
+    return Integrator(init=init, step=step, name="IsotropicMTKNPT", set_parameters=set_parameters)
 
 
 # ---------------------------------------------------------------------------
@@ -386,9 +413,9 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
 
 def mtk_conserved_energy(state: MDState) -> jax.Array:
     """ASE's ``get_conserved_energy()`` of ``MTKNPT``/``MaskedMTKNPT``/``IsotropicMTKNPT``, per replica (eV)."""
-    v = state.integrator
+    v = state.variables
     if not isinstance(v, (IsotropicMTKVariables, MTKVariables)):
-        raise TypeError(f"state.integrator is {type(v).__name__}, not an MTK integrator's variables "
+        raise TypeError(f"state.variables is {type(v).__name__}, not an MTK integrator's variables "
                         "(initialise the state with mtk_npt(...).init or isotropic_mtk_npt(...).init)")
     base = state.energy + kinetic_energy(state.momenta, state.masses) + chain_energy(v.thermostat)
     base = base + chain_energy(v.barostat)

@@ -287,9 +287,9 @@ def _save_series(out: str, name: str, ens: str, res: dict) -> None:
 
         temps = res["protocol"]["temperatures_k"]
         frames = []
-        for j, i in enumerate(res["active"]):
-            a = Atoms(numbers=np.asarray(st.numbers), positions=np.asarray(st.positions[j], float),
-                      cell=np.asarray(st.cell[j], float), pbc=True)
+        for i in res["active"]:  # the state holds every replica; stopped ones are not written
+            a = Atoms(numbers=np.asarray(st.numbers), positions=np.asarray(st.positions[i], float),
+                      cell=np.asarray(st.cell[i], float), pbc=True)
             a.info["temperature_k"] = temps[i]
             frames.append(a)
         if frames:
