@@ -65,7 +65,9 @@ import numpy as np
 from jaxpto.model import Model
 from jaxpto.neighbors import NeighborList
 
-BUNDLE_FORMAT = "lammps-jax-json"  # lammps-jax's tag for the fixed-capacity, non-communicating scheme
+# lammps-jax's tag for bundles with n_hops > 1 (ghost scheme): plugins that predate n_hops reject it
+# instead of packing a half list.
+BUNDLE_FORMAT = "lammps-jax-json-distributed"
 PROGRAMS = ("force", "energy", "energy_and_forces")  # lammps-jax's program names
 ARG_NAMES = ("positions", "species", "nlocal", "nghost", "senders", "receivers", "edge_mask", "box")
 
@@ -478,14 +480,17 @@ def pack_rank(atoms, type_elements, shell: float, pair_cutoff: float, capacities
 
 
 def evaluate_decomposed(call, atoms, type_elements, shell: float, pair_cutoff: float, capacities: Capacities,
-                        *, ranks: int = 1, axis: int = 0, dtype=np.float32):
+                        *, ranks: int = 1, axis: int | None = None, dtype=np.float32):
     """Energy and forces of periodic ``atoms`` as LAMMPS would get them from a bundle over ``ranks``.
 
     ``call(*args) -> (energy, forces [A,3])`` is the bundle's energy-and-forces program (e.g.
-    ``load_exported(...).call``). The cell is cut into ``ranks`` equal slabs along ``axis``; rank
+    ``load_exported(...).call``). The cell is cut into ``ranks`` equal slabs along ``axis`` (default:
+    the direction of the largest cell height, as :func:`estimate_capacities` assumes); rank
     energies are summed and every row's force is added to the atom it images (LAMMPS' reverse
     communication). Returns ``(energy, forces [N,3], per-rank RankInputs)``.
     """
+    if axis is None:
+        axis = int(np.argmax(1.0 / np.linalg.norm(np.linalg.inv(np.asarray(atoms.cell, float)).T, axis=1)))
     forces = np.zeros((len(atoms), 3))
     energy = 0.0
     packed = []
