@@ -34,14 +34,17 @@ def pto_structures(protocol, structure=None) -> dict:
             "nvt": polar_supercell(nvt.supercell, nvt.a, nvt.c, nvt.shifts)}
 
 
-def _readme(model_name, kind, mapping, prepare, default_pair, check, lmp_hint) -> str:
+def _readme(model_name, kind, mapping, prepare, default_pair, check, lmp_hint, lmp_args) -> str:
     ens = ", ".join(mapping["ensembles"])
     lines = [f"# LAMMPS run folder for {model_name} (written by jaxpto export-lammps)", "",
              f"Ensembles: {ens}. Every ASE setting of the PTO-test protocol and its LAMMPS value (metal units) is in",
              "the comments of `in.<ensemble>.lmp` and in `protocol.json`.", "", "## Run", "", "```bash"]
     lines += list(prepare)
     lines += [f"{lmp_hint}./run.sh                        # every temperature, pair file {default_pair}",
-              "lmp -in in.npt.lmp -var T 300 -var pair " + default_pair + "   # one temperature", "```", ""]
+              " ".join(filter(None, [lmp_hint + "lmp", lmp_args.get(default_pair, ""), "-in in.npt.lmp -var T 300",
+                                     "-var pair " + default_pair])) + "   # one temperature", "```", "",
+              "Pair files (choose with `PAIR=<file> ./run.sh`, MPI with `MPIRUN='mpirun -np 4'`): "
+              + ", ".join(f"`{p}`" for p in mapping["pair_files"]) + ".", ""]
     if kind == "jax":
         lines += [
             "`pair_style jax/kk` is lammps-jax's plugin: it needs LAMMPS built with KOKKOS (CUDA, or OpenMP for",
@@ -145,5 +148,5 @@ def export_lammps(model_spec: str, out_dir: str, protocol, *, ensembles=("npt", 
     with open(os.path.join(out_dir, "protocol.json"), "w") as f:
         json.dump(mapping, f, indent=2)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(_readme(name, kind, mapping, prepare, default_pair, check_results, lmp_hint))
+        f.write(_readme(name, kind, mapping, prepare, default_pair, check_results, lmp_hint, lmp_args))
     return mapping
