@@ -297,8 +297,12 @@ def _jaxpto_run(ensemble, atoms, s: ld.DeckSettings):
     from jaxpto.simulate import run, state_from_atoms
     from jaxpto.state import kinetic_energy
 
+    import warnings
+
     at = atoms.copy()
-    MaxwellBoltzmannDistribution(at, temperature_K=s.temperatures_k[0], rng=np.random.default_rng(7))
+    with warnings.catch_warnings():  # ASE 3.29 renamed it; jaxpto's sweeps call this one too
+        warnings.simplefilter("ignore", DeprecationWarning)
+        MaxwellBoltzmannDistribution(at, temperature_K=s.temperatures_k[0], rng=np.random.default_rng(7))
     Stationary(at)
     state, force_fn = state_from_atoms([at], lennard_jones(**ARGON), seed=3, skin=SKIN)
     dt = s.timestep_fs * units.fs

@@ -68,7 +68,10 @@ Which elements set the cutoff:
   get the shortest neighbour lists.
 
 Forces :math:`-\partial E/\partial r` and the stress :math:`V^{-1}\partial E/\partial\varepsilon`
-come from automatic differentiation (:func:`jaxpto.model.energy_model`).
+come from automatic differentiation (:func:`jaxpto.model.site_energy_model`). The bracket above is
+the site energy of atom :math:`i` (``Model.site_energies``, one neighbour hop), except with
+``asap_cutoff=True``, where the cutoff depends on every element present (not local: no site
+energies).
 
 .. [1] K. W. Jacobsen, P. Stoltze and J. K. Norskov, Surf. Sci. 366, 394 (1996).
 """

@@ -21,7 +21,9 @@ equals autodiff of :math:`E` (tested). The neighbour list holds pairs up to
 ``cutoff + skin``; each potential applies its own cutoff, and padded slots
 (``j = N``) and pairs beyond the cutoff contribute exactly zero, with
 NaN-free gradients (the squared distance is replaced by a harmless value with
-``jnp.where`` before any division or square root).
+``jnp.where`` before any division or square root). The site energies
+:math:`e_i = \frac12 \sum_j u(r_{ij})` (``Model.site_energies``, one neighbour hop) split
+:math:`E` over atoms, as a LAMMPS rank needs (:mod:`jaxpto.workflows.lammps_bundle`).
 
 Lennard-Jones (:func:`lennard_jones`, as ``ase.calculators.lj.LennardJones``)
 ------------------------------------------------------------------------------
