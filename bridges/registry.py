@@ -64,6 +64,7 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "dpa3-omol-large": ("deepmd", "DeePMD pretrained DPA3-OMOL-LARGE (downloaded by deepmd-kit; multi-task: give head=)"),
     "emt": ("jax", "JAX-native EMT (ASE's EMT parameters)"),
     "lj": ("jax", "JAX-native Lennard-Jones (ASE's LennardJones; kwargs sigma, epsilon, rc, ...)"),
+    "morse": ("jax", "JAX-native Morse (ASE's MorsePotential; kwargs epsilon, r0, rho0, rcut1, rcut2)"),
 }
 # Torch families: each has a module ``bridges.<family>`` with
 #   load(name_or_path, *, device, dtype, **kw) -> torch EFS object (see bridges.torch_bridge)
@@ -107,7 +108,7 @@ def detect_family(path: str) -> str | None:
 
 
 def is_jax_native(name_or_path) -> bool:
-    """True for the JAX-native potentials' names ("emt", "lj"); False for torch models and files."""
+    """True for the JAX-native potentials' names ("emt", "lj", "morse"); False for torch models and files."""
     return KNOWN_MODELS.get(str(name_or_path).strip().lower(), ("",))[0] == "jax"
 
 
@@ -170,7 +171,8 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         ``charge=``/``spin=`` (OMol models), ``compile=`` (torch.compile, off by default),
         ``probe_timeout=``; for DeePMD ``head=``, ``type_dict=``, ``fparam=``, ``charge_spin=``,
         ``cache_dir=``; the potential's parameters for "emt"
-        (``elements``, ``asap_cutoff``) and "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``).
+        (``elements``, ``asap_cutoff``), "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``) and
+        "morse" (``epsilon``, ``r0``, ``rho0``, ``rcut1``, ``rcut2``).
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or family.
     """
@@ -189,6 +191,8 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
             from jaxpto import potentials
             if key == "emt":
                 return potentials.emt(**kw)
+            if key == "morse":
+                return potentials.morse(**kw)
             return potentials.lennard_jones(**kw)
         return _load_torch(fam, key, device, dtype, kw)
     if os.path.isfile(name_or_path) or os.path.isdir(name_or_path):  # matgl saves a directory

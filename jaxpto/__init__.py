@@ -8,10 +8,10 @@ __version__ = "0.1.0"
 
 from jaxpto import host_allocator  # noqa: E402,F401  (tune() is called where torch models are loaded)
 from jaxpto.calculator import JaxptoCalculator  # noqa: E402
-from jaxpto.model import Model, ModelOutput, energy_model  # noqa: E402
+from jaxpto.model import Model, ModelOutput, energy_model, site_energy_model  # noqa: E402
 from jaxpto.simulate import run, state_from_atoms  # noqa: E402
 from jaxpto.state import MDState  # noqa: E402
 from bridges.registry import load_model  # noqa: E402,F401
 
-__all__ = ["JaxptoCalculator", "MDState", "Model", "ModelOutput", "energy_model", "run", "state_from_atoms",
-           "__version__"]
+__all__ = ["JaxptoCalculator", "MDState", "Model", "ModelOutput", "energy_model", "site_energy_model", "run",
+           "state_from_atoms", "__version__"]

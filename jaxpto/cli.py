@@ -7,6 +7,9 @@
 * ``jaxpto relax | phonons | npt-sweep | nvt-polarization``: one part each, same options and the
   same ``results.json``.
 * ``jaxpto verify``: every integrator against ASE, step for step, in float64.
+* ``jaxpto export-lammps MODEL --out DIR``: a LAMMPS run folder (a ``pair_style jax/kk`` bundle for
+  JAX-native models, the family's own pair style for torch models) with the PTO-test's NPT/NVT
+  protocols as LAMMPS decks (:mod:`jaxpto.workflows.lammps_export`).
 
 Running the same command again resumes: finished parts are kept, interrupted sweeps continue.
 """
@@ -107,6 +110,89 @@ def _run_pto(args, parts, parser) -> int:
     return 0 if data["models"] else 1
 
 
+def _add_export_lammps(sub) -> None:
+    p = sub.add_parser("export-lammps", help="a model + the PTO-test NPT/NVT protocols as a LAMMPS run folder")
+    p.add_argument("model", help="model name (jaxpto.known_models()) or checkpoint path")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quick", action="store_true", help="the --quick protocol's sizes (40 atoms, 3 temperatures)")
+    p.add_argument("--ensembles", default="npt,nvt", help="decks to write: npt, nvt or npt,nvt (default)")
+    p.add_argument("--structure", help="ASE-readable structure file used for both decks instead of PbTiO3")
+    for flag, kind, text in (("--temperatures", _floats, "temperatures in K (default 300..1000 by 100)"),
+                             ("--steps", int, "MD steps (default 50000)"),
+                             ("--supercell", int, "PbTiO3 supercell repetitions (default 5)"),
+                             ("--timestep", float, "time step in fs (default 2)"),
+                             ("--average-last-ps", float, "averaging window in ps (default 50)"),
+                             ("--ttime", float, "NPT thermostat time in fs (default 25)"),
+                             ("--pfactor", float, "NPT barostat pfactor in ASE units (default 75.0**2*units.fs)"),
+                             ("--friction", float, "Langevin friction in 1/fs (default 0.01)"),
+                             ("--record-every", int, "record every this many steps (default 10)"),
+                             ("--seed", int, "velocity seed (default 0)")):
+        p.add_argument(flag, type=kind, help=text)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for load_model, e.g. sigma=3.4 (repeatable; numbers and true/false parsed)")
+    p.add_argument("--platform", choices=["cuda", "cpu"], default="cuda",
+                   help="PJRT platform of the bundle: cuda (GPU LAMMPS) or cpu (host KOKKOS build); default cuda")
+    p.add_argument("--precision", choices=["float32", "float64"], default="float32", help="bundle precision")
+    p.add_argument("--ranks", type=int, default=1, help="MPI ranks the capacities are sized for (slabs; default 1)")
+    p.add_argument("--max-atoms", type=int, help="per-rank atom capacity (owned + ghosts); overrides the estimate")
+    p.add_argument("--max-edges", type=int, help="per-rank edge capacity; overrides the estimate")
+    p.add_argument("--neighbors-per-atom", type=int, help="neighbour slots per atom; overrides the estimate")
+    p.add_argument("--no-check", action="store_true", help="skip running the bundle on the structure at export")
+
+
+def _model_kwargs(items) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+def _run_export_lammps(args, parser) -> int:
+    import argparse as _argparse
+
+    from jaxpto.workflows.lammps_bundle import Capacities
+    from jaxpto.workflows.lammps_export import export_lammps
+
+    ensembles = tuple(e.strip() for e in args.ensembles.split(",") if e.strip())
+    given = [args.max_atoms, args.max_edges, args.neighbors_per_atom]
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        parser.error("--max-atoms, --max-edges and --neighbors-per-atom go together (or none: estimated)")
+    if args.precision == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    try:
+        full = _argparse.Namespace(**vars(args), charges=None, chunk_steps=None, fmax=None, ase_steps=None)
+        protocol = _protocol(full)
+        structure = None
+        if args.structure:
+            from ase.io import read
+
+            structure = read(args.structure)
+        caps = Capacities(*given) if given[0] is not None else None
+        mapping = export_lammps(args.model, args.out, protocol, ensembles=ensembles, structure=structure,
+                                model_kwargs=_model_kwargs(args.model_arg), platform=args.platform,
+                                precision=args.precision, ranks=args.ranks, capacities=caps,
+                                check=not args.no_check)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.exit(2, f"jaxpto export-lammps: error: {exc}\n")
+    for c in mapping.get("check", []):
+        print(f"bundle check ({c['ranks']} rank(s)): |dE|/atom = {c['energy_error_per_atom']:.2e} eV, "
+              f"max |dF| = {c['max_force_error']:.2e} eV/A")
+    print(f"LAMMPS run folder: {args.out} (README.md, run.sh, in.*.lmp)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxpto", description="JAX-native molecular dynamics for ML force fields")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,7 +209,10 @@ def main(argv=None) -> int:
     for cmd, parts in PART_COMMANDS.items():
         sp = sub.add_parser(cmd, help=f"PTO-test part(s): {', '.join(parts)}")
         _add_pto_options(sp)
+    _add_export_lammps(sub)
     args = parser.parse_args(argv)
+    if args.command == "export-lammps":
+        return _run_export_lammps(args, parser)
     if args.command == "verify":
         if args.steps < 1 or args.size < 1:
             parser.error("--steps and --size must be >= 1")
