@@ -40,6 +40,11 @@ class Integrator(NamedTuple):
     step: Callable[[MDState], MDState]
     name: str = "integrator"
     set_parameters: Callable[..., MDState] = _no_parameters
+    # ``exchange_variables(moved, variables, perm, ratio) -> variables`` for replica exchange: the
+    # variables after slot ``r`` received the configuration of slot ``perm[r]`` (``moved`` is the state
+    # with positions, cell and momenta already moved and rescaled, ``ratio[r] = T_r / T_perm[r]``).
+    # None: the integrator has no temperature (NVE) and cannot exchange.
+    exchange_variables: Callable | None = None
 
 
 def check_timestep(dt: float) -> float:
@@ -67,6 +72,12 @@ def target_kT(variables) -> jax.Array | None:
     if kT is None:
         kT = getattr(getattr(variables, "thermostat", None), "kT", None)
     return kT
+
+
+def slot_parameters_only(moved, variables, perm, ratio):
+    """``exchange_variables`` of an integrator whose variables are all per-slot parameters
+    (temperature, friction, coupling, accounting): nothing moves with the configuration."""
+    return variables
 
 
 def target_temperature_K(variables) -> jax.Array | None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from ase import units
 from flax import struct
 
-from jaxpto.integrators.base import Integrator, check_timestep
+from jaxpto.integrators.base import Integrator, check_timestep, slot_parameters_only
 from jaxpto.integrators.verlet import velocity_verlet
 from jaxpto.state import MDState, ForceFn, kinetic_energy, per_replica
 
@@ -85,4 +85,5 @@ def bussi(force_fn: ForceFn, dt: float) -> Integrator:
         )
         return vv.step(state)
 
-    return Integrator(init=init, step=step, name="Bussi", set_parameters=set_parameters)
+    return Integrator(init=init, step=step, name="Bussi", set_parameters=set_parameters,
+                      exchange_variables=slot_parameters_only)

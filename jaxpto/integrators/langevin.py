@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from ase import units
 from flax import struct
 
-from jaxpto.integrators.base import Integrator, check_timestep
+from jaxpto.integrators.base import Integrator, check_timestep, slot_parameters_only
 from jaxpto.state import MDState, ForceFn, evaluate, per_replica
 
 
@@ -99,4 +99,5 @@ def langevin(force_fn: ForceFn, dt: float, fixcm: bool = True) -> Integrator:
         v = v + (c1 * state.forces / masses - c2 * v + rnd_vel)
         return state.replace(momenta=v * masses, key=keys[:, 0], step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="Langevin", set_parameters=set_parameters)
+    return Integrator(init=init, step=step, name="Langevin", set_parameters=set_parameters,
+                      exchange_variables=slot_parameters_only)

@@ -428,7 +428,28 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
         )
         return state.replace(momenta=momenta, variables=variables, step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="MelchionnaNPT", set_parameters=set_parameters)
+    return Integrator(init=init, step=step, name="MelchionnaNPT", set_parameters=set_parameters,
+                      exchange_variables=melchionna_exchange_variables)
+
+
+def melchionna_exchange_variables(moved: MDState, v: MelchionnaVariables, perm, ratio) -> MelchionnaVariables:
+    """Melchionna's variables after replica exchange (slot ``r`` receives slot ``perm[r]``'s configuration).
+
+    The centred-difference scheme holds the atoms' velocities in ``q(t+dt) - q(t-dt)``: with
+    ``s = sqrt(T_new / T_old)`` both are moved to ``q + s (q_+- - q)``, which scales the momenta by
+    ``s`` as Sugita & Okamoto's rescaling (Chem. Phys. Lett. 314, 141 (1999)). The thermostat
+    friction ``zeta`` (mass ~ kT: its distribution does not depend on T) is kept; the strain rate
+    ``eta`` (mass ``pfactor det h_0``, independent of T) is scaled by ``s``, and with it the cell's
+    past ``h(t-dt) = h + s (h_past - h)``, as Mori & Okamoto do for constant-pressure exchange
+    (J. Phys. Soc. Jpn. 79, 074001 (2010)). Parameters, ``zeta_integrated`` (the slot's Gibbs
+    accounting) and the cell form stay with the slot.
+    """
+    s = jnp.sqrt(ratio)[:, None, None]
+    q = v.q[perm]
+    h = moved.cell
+    return v.replace(q=q, q_future=q + s * (v.q_future[perm] - q), q_past=q + s * (v.q_past[perm] - q),
+                     h_past=h + s * (v.h_past[perm] - h), eta=s * v.eta[perm], eta_past=s * v.eta_past[perm],
+                     zeta=v.zeta[perm], zeta_past=v.zeta_past[perm])
 
 
 def melchionna_gibbs_energy(state: MDState) -> jax.Array:

@@ -98,6 +98,7 @@ from jaxpto.integrators.nose_hoover_chain import (
     chain_propagate,
     thermostat_init,
     retarget_chain,
+    exchange_chain,
 )
 from jaxpto.state import MDState, ForceFn, evaluate, kinetic_energy, kinetic_stress, per_replica, volume
 
@@ -317,7 +318,14 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
         return state.replace(momenta=p, variables=v, step=state.step + 1)
 
     name = "MTKNPT" if mask is None else f"MaskedMTKNPT{mask}"
-    return Integrator(init=init, step=step, name=name, set_parameters=set_parameters)
+    def exchange_variables(moved, v: MTKVariables, perm, ratio):
+        """Chains as :func:`exchange_chain`; the cell velocity ``p_cell / W`` kept (``W`` ~ kT)."""
+        scale = (v.W / v.W[perm]).reshape((-1,) + (1,) * (v.p_cell.ndim - 1))
+        return v.replace(thermostat=exchange_chain(v.thermostat, perm), barostat=exchange_chain(v.barostat, perm),
+                         p_cell=v.p_cell[perm] * scale, basis=None if v.basis is None else v.basis[perm])
+
+    return Integrator(init=init, step=step, name=name, set_parameters=set_parameters,
+                      exchange_variables=exchange_variables)
 
 
 # ---------------------------------------------------------------------------
@@ -403,7 +411,15 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
         v = v.replace(barostat=barostat, p_eps=p_eps)
         return state.replace(momenta=p, variables=v, step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="IsotropicMTKNPT", set_parameters=set_parameters)
+    def exchange_variables(moved, v: IsotropicMTKVariables, perm, ratio):
+        """Chains as :func:`exchange_chain`; ``eps`` and its reference cell move with the configuration,
+        the velocity ``p_eps / W`` is kept (``W`` ~ kT)."""
+        return v.replace(thermostat=exchange_chain(v.thermostat, perm), barostat=exchange_chain(v.barostat, perm),
+                         eps=v.eps[perm], p_eps=v.p_eps[perm] * (v.W / v.W[perm]), cell0=v.cell0[perm],
+                         volume0=v.volume0[perm])
+
+    return Integrator(init=init, step=step, name="IsotropicMTKNPT", set_parameters=set_parameters,
+                      exchange_variables=exchange_variables)
 
 
 # ---------------------------------------------------------------------------

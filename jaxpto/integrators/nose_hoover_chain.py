@@ -204,6 +204,14 @@ def retarget_chain(chain: NoseHooverChainVariables, temperature_K) -> NoseHoover
     return chain.replace(kT=kT, Q=chain.Q * (kT / chain.kT)[:, None])
 
 
+def exchange_chain(chain: NoseHooverChainVariables, perm) -> NoseHooverChainVariables:
+    """A chain after replica exchange (Mori & Okamoto, J. Phys. Soc. Jpn. 79, 074001 (2010)):
+    the chain's positions move with the configuration, its velocities ``p_eta / Q`` are kept (their
+    distribution does not depend on T when ``Q`` is proportional to ``kT``), so ``p_eta`` is scaled by
+    the ratio of the masses; ``Q``, ``kT`` and ``dof`` stay with the slot."""
+    return chain.replace(eta=chain.eta[perm], p_eta=chain.p_eta[perm] * (chain.Q / chain.Q[perm]))
+
+
 def nose_hoover_chain_nvt(force_fn: ForceFn, dt: float, tchain: int = 3, tloop: int = 1) -> Integrator:
     """NVT with a Nose-Hoover chain, reproducing ``ase.md.nose_hoover_chain.NoseHooverChainNVT``.
 
@@ -245,7 +253,8 @@ def nose_hoover_chain_nvt(force_fn: ForceFn, dt: float, tchain: int = 3, tloop: 
         chain, p = chain_propagate(chain, p, kinetic2, dt2, tloop)
         return state.replace(momenta=p, variables=chain, step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="NoseHooverChainNVT", set_parameters=set_parameters)
+    return Integrator(init=init, step=step, name="NoseHooverChainNVT", set_parameters=set_parameters,
+                      exchange_variables=lambda moved, chain, perm, ratio: exchange_chain(chain, perm))
 
 
 def nhc_conserved_energy(state: MDState) -> jax.Array:
