@@ -53,6 +53,9 @@ def _add_pto_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-steps", type=int, help="steps per compiled chunk = checkpoint interval (default 500)")
     p.add_argument("--record-every", type=int, help="record observables every this many steps (default 10)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--replica-exchange", type=int, metavar="K", dest="replica_exchange",
+                   help="temperature replica exchange between neighbouring temperatures every K steps, on the "
+                        "device (NPT and NVT sweeps; default off)")
     p.add_argument("--fmax", type=float, help="relaxation force threshold in eV/A (default 1e-3)")
     p.add_argument("--ase-steps", type=int, help="ASE NPT steps timed for the speed comparison (default 200)")
     p.add_argument("--dtype", choices=["float32", "float64"],
@@ -70,7 +73,8 @@ def _protocol(args):
     for arg, field in (("temperatures", "temperatures_k"), ("steps", "steps"), ("supercell", "supercell"),
                        ("timestep", "timestep_fs"), ("average_last_ps", "average_last_ps"), ("ttime", "ttime_fs"),
                        ("pfactor", "pfactor"), ("friction", "friction_per_fs"), ("charges", "charges"),
-                       ("chunk_steps", "chunk_steps"), ("record_every", "record_every"), ("seed", "seed")):
+                       ("chunk_steps", "chunk_steps"), ("record_every", "record_every"), ("seed", "seed"),
+                       ("replica_exchange", "swap_interval")):
         v = getattr(args, arg)
         if v is not None:
             sweep_kw[field] = v

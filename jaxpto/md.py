@@ -70,7 +70,10 @@ Replicas: ``atoms`` may be a list of Atoms (same species, same order); per-repli
 sequences. All replicas run in one program; each Atoms object is updated as above. A string
 ``trajectory``/``logfile`` then names one file per replica (``md.traj`` -> ``md_0.traj``,
 ``md_1.traj``, ...; ``'-'`` logs every replica to standard output); a list gives the names.
-Observers are called once per event (not once per replica).
+Observers are called once per event (not once per replica). ``swap_interval=K`` (thermostatted
+classes) adds temperature replica exchange every ``K`` steps, on the device
+(:mod:`jaxpto.integrators.replica_exchange`): the Atoms of replica ``r`` always hold the configuration
+at temperature ``r``; ``dyn.get_exchange_statistics()`` gives acceptances, walkers and round trips.
 
 Not supported: constraints (``NotImplementedError``), Filters, MPI ``comm``/``master``.
 Units are ASE's throughout (eV, Angstrom, amu, ASE time units; stress in eV/A^3).
@@ -393,8 +396,9 @@ class _JaxDynamics(IOContext):
     chunk_size = 1000
 
     def __init__(self, atoms, timestep, *, trajectory=None, logfile=None, loginterval=1,
-                 append_trajectory=False, dtype=None, seed=None, rng=None):
+                 append_trajectory=False, dtype=None, seed=None, rng=None, swap_interval=None):
         self.dt = float(timestep)
+        self.swap_interval = None if swap_interval is None else int(swap_interval)
         self._single = not isinstance(atoms, (list, tuple))
         self._atoms_list = [atoms] if self._single else list(atoms)
         if not self._atoms_list:
@@ -563,8 +567,32 @@ class _JaxDynamics(IOContext):
         self.force_kind = kind
         self._model_obj = model
         self._integrator_force_fn = force_fn
-        self._integrator = self._make_integrator(force_fn)
+        self._integrator = self._exchanging(self._make_integrator(force_fn))
         self._state = self._init_state(self._integrator, state)
+
+    def _exchanging(self, integrator):
+        """With ``swap_interval``: temperature replica exchange between the replicas (see
+        :mod:`jaxpto.integrators.replica_exchange`); the Atoms of replica ``r`` then always hold the
+        configuration at temperature ``r``."""
+        if self.swap_interval is None:
+            return integrator
+        from jaxpto.integrators.replica_exchange import replica_exchange
+        return replica_exchange(integrator, self.swap_interval, seed=self.seed)
+
+    def _unwrapped_state(self):
+        """The state with the integrator's own variables (inside a replica-exchange wrapper's)."""
+        v = self._state.variables
+        return self._state.replace(variables=v.inner) if hasattr(v, "walker") and hasattr(v, "inner") else self._state
+
+    def get_exchange_statistics(self) -> dict:
+        """Replica exchange so far: acceptance per pair of neighbouring temperatures, the walker in
+        each replica's Atoms, round trips per walker and the mean round-trip time (ps)."""
+        from jaxpto.integrators.replica_exchange import exchange_statistics
+        if self.swap_interval is None:
+            raise RuntimeError("no replica exchange: give swap_interval= (steps) to the constructor")
+        if self._state is None:
+            self._build()
+        return exchange_statistics(self._state, self.dt)
 
     def _set_parameters(self, **parameters):
         """New per-replica parameters for the running state (no recompilation); before the first run
@@ -695,7 +723,7 @@ class Langevin(_JaxDynamics):
 
     def __init__(self, atoms, timestep, temperature=None, friction=None, fixcm=True, *, temperature_K=None,
                  rng=None, trajectory=None, logfile=None, loginterval=1, append_trajectory=False, dtype=None,
-                 seed=None):
+                 seed=None, swap_interval=None):
         if friction is None:
             raise TypeError("Missing 'friction' argument.")
         self.fr = friction
@@ -703,7 +731,7 @@ class Langevin(_JaxDynamics):
         self.temp = units.kB * np.asarray(self.temp_K)
         self.fix_com = fixcm
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng, swap_interval=swap_interval)
 
     def todict(self):
         d = super().todict()
@@ -721,7 +749,7 @@ class Langevin(_JaxDynamics):
         # dt is a constant of the compiled step: a new one builds (and compiles) a new program.
         self.dt = float(timestep)
         if self._state is not None:
-            self._integrator = self._make_integrator(self._integrator_force_fn)
+            self._integrator = self._exchanging(self._make_integrator(self._integrator_force_fn))
 
     def set_friction(self, friction):
         self.fr = friction
@@ -737,7 +765,8 @@ class Bussi(_JaxDynamics):
     """Bussi velocity rescaling, as ``ase.md.bussi.Bussi`` (jaxpto's own PRNG: ``seed=``; ``rng`` only seeds it)."""
 
     def __init__(self, atoms, timestep, temperature_K, taut, rng=None, *, trajectory=None, logfile=None,
-                 loginterval=1, append_trajectory=False, dtype=None, seed=None):
+                 loginterval=1, append_trajectory=False, dtype=None, seed=None,
+                 swap_interval=None):
         self.temp_K = temperature_K
         self.taut = taut
         atoms_list = [atoms] if not isinstance(atoms, (list, tuple)) else list(atoms)
@@ -746,7 +775,7 @@ class Bussi(_JaxDynamics):
                 raise ValueError("Initial kinetic energy is zero. Please set the initial velocities before "
                                  "running Bussi NVT.")
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng, swap_interval=swap_interval)
         # ASE's public attributes (same order of operations, ASE's test compares with ==).
         self.temp = temperature_K * units.kB if np.ndim(temperature_K) == 0 else units.kB * np.asarray(temperature_K)
         self.ndof = atoms_list[0].get_number_of_degrees_of_freedom()
@@ -761,7 +790,7 @@ class Bussi(_JaxDynamics):
 
     @property
     def transferred_energy(self):
-        v = self._state.variables.transferred_energy if self._state is not None else np.zeros(1)
+        v = self._unwrapped_state().variables.transferred_energy if self._state is not None else np.zeros(1)
         v = np.asarray(v, float)
         return float(v[0]) if self._single else v
 
@@ -772,10 +801,11 @@ class NoseHooverChainNVT(_JaxDynamics):
     _honours_changes = False
 
     def __init__(self, atoms, timestep, temperature_K, tdamp, tchain=3, tloop=1, *, trajectory=None,
-                 logfile=None, loginterval=1, append_trajectory=False, dtype=None, seed=None):
+                 logfile=None, loginterval=1, append_trajectory=False, dtype=None, seed=None,
+                 swap_interval=None):
         self.temperature_K, self.tdamp, self.tchain, self.tloop = temperature_K, tdamp, tchain, tloop
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, swap_interval=swap_interval)
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.nose_hoover_chain import nose_hoover_chain_nvt
@@ -788,7 +818,7 @@ class NoseHooverChainNVT(_JaxDynamics):
         from jaxpto.integrators.nose_hoover_chain import nhc_conserved_energy
         if self._state is None:
             self._build()
-        return _scalar_or_list(nhc_conserved_energy(self._state), self._single)
+        return _scalar_or_list(nhc_conserved_energy(self._unwrapped_state()), self._single)
 
 
 class MTKNPT(_JaxDynamics):
@@ -800,11 +830,11 @@ class MTKNPT(_JaxDynamics):
 
     def __init__(self, atoms, timestep, temperature_K, pressure_au, tdamp, pdamp, tchain=3, pchain=3, tloop=1,
                  ploop=1, *, trajectory=None, logfile=None, loginterval=1, append_trajectory=False, dtype=None,
-                 seed=None):
+                 seed=None, swap_interval=None):
         self.temperature_K, self.pressure_au, self.tdamp, self.pdamp = temperature_K, pressure_au, tdamp, pdamp
         self.tchain, self.pchain, self.tloop, self.ploop = tchain, pchain, tloop, ploop
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, swap_interval=swap_interval)
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.mtk import mtk_npt
@@ -819,7 +849,7 @@ class MTKNPT(_JaxDynamics):
         from jaxpto.integrators.mtk import mtk_conserved_energy
         if self._state is None:
             self._build()
-        return _scalar_or_list(mtk_conserved_energy(self._state), self._single)
+        return _scalar_or_list(mtk_conserved_energy(self._unwrapped_state()), self._single)
 
 
 class MaskedMTKNPT(MTKNPT):
@@ -857,9 +887,10 @@ class MelchionnaNPT(_JaxDynamics):
 
     def __init__(self, atoms, timestep, temperature=None, externalstress=None, ttime=None, pfactor=None, *,
                  temperature_K=None, mask=None, trajectory=None, logfile=None, loginterval=1,
-                 append_trajectory=False, dtype=None, seed=None):
+                 append_trajectory=False, dtype=None, seed=None,
+                 swap_interval=None):
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, swap_interval=swap_interval)
         if externalstress is None and pfactor is not None:
             raise TypeError("Missing 'externalstress' argument.")
         for a in self._atoms_list:
@@ -906,7 +937,7 @@ class MelchionnaNPT(_JaxDynamics):
         from jaxpto.integrators.melchionna import melchionna_gibbs_energy
         if self._state is None:
             self._build()
-        return _scalar_or_list(melchionna_gibbs_energy(self._state), self._single)
+        return _scalar_or_list(melchionna_gibbs_energy(self._unwrapped_state()), self._single)
 
 
 class NPT(MelchionnaNPT):

@@ -201,3 +201,76 @@ def test_exchange_needs_a_thermostat_and_distinct_temperatures():
         replica_exchange(langevin(force_fn, 1.0), 10).init(state, 300.0, 0.01)
     with pytest.raises(ValueError, match="swap_interval"):
         replica_exchange(langevin(force_fn, 1.0), 0)
+
+
+@pytest.mark.parametrize("ens", ["npt", "nvt"])
+def test_sweep_with_exchange_resumes_bit_for_bit(ens, tmp_path):
+    import dataclasses
+
+    from jaxpto import potentials
+    from jaxpto.workflows.dynamics import run_sweep, series_by_walker, study_npt, study_nvt
+
+    lj = potentials.lennard_jones(sigma=1.8, epsilon=0.02, rc=4.5, smooth=True)
+    p = (study_npt if ens == "npt" else study_nvt)(temperatures_k=(300.0, 340.0, 390.0), supercell=2, steps=60,
+                                                   chunk_steps=20, record_every=5, average_last_ps=0.06,
+                                                   skin=0.5, swap_interval=5)
+    full = run_sweep(lj, p, progress=False, dtype=np.float64)
+    ck = str(tmp_path / f"{ens}.ckpt")
+    part = run_sweep(lj, p, progress=False, dtype=np.float64, checkpoint=ck, stop_after_chunks=1)
+    assert not part["finished"]
+    resumed = run_sweep(lj, p, progress=False, dtype=np.float64, checkpoint=ck)
+    for key in ("lattice", "temperature", "epot_per_atom", "walker"):
+        np.testing.assert_array_equal(resumed["series"][key], full["series"][key], err_msg=key)
+    assert resumed["replica_exchange"] == full["replica_exchange"]
+    ex = full["replica_exchange"]
+    assert sum(ex["attempts"]) == 60 // 5 and sum(ex["accepted"]) > 0
+    walkers = full["series"]["walker"]
+    assert all(sorted(row.astype(int).tolist()) == [0, 1, 2] for row in walkers)
+    # Per-walker series: walker w's value at record t is the value of the slot that held it.
+    by = series_by_walker(full["series"])["epot_per_atom"]
+    t = len(walkers) - 1
+    for slot, w in enumerate(walkers[t].astype(int)):
+        assert by[t, w] == full["series"]["epot_per_atom"][t, slot]
+    # Without exchange the protocol (and its checkpoint fingerprint) is the same as before the option.
+    assert "swap_interval" not in dataclasses.replace(p, swap_interval=None).to_dict()
+
+
+def test_ase_layer_exchange_equals_the_core():
+    import warnings
+
+    from ase.calculators.emt import EMT
+
+    import jaxpto.md as jmd
+
+    temps = [300.0, 400.0, 550.0]
+    atoms = _cu_replicas(temps, seed=4)
+    for a in atoms:
+        a.calc = EMT()
+    state, force_fn = simulate.state_from_atoms([a.copy() for a in atoms], emt(), seed=11)
+    core = replica_exchange(langevin(force_fn, 4 * units.fs), 10, seed=11)
+    state, _ = simulate.run(core, core.init(state, temps, 0.02 / units.fs), 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        dyn = jmd.Langevin(atoms, 4 * units.fs, temperature_K=temps, friction=0.02 / units.fs, seed=11,
+                           swap_interval=10)
+    dyn.run(200)
+    for r, a in enumerate(atoms):
+        np.testing.assert_allclose(a.positions, np.asarray(state.positions[r]), rtol=0, atol=1e-12)
+    st = dyn.get_exchange_statistics()
+    assert st == exchange_statistics(state, 4 * units.fs) and sum(st["attempts"]) == 20
+
+
+def test_cli_replica_exchange(tmp_path):
+    import json
+
+    from jaxpto.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["nvt-polarization", "--model", "lj", "--supercell", "2", "--steps", "40", "--chunk-steps", "20",
+               "--record-every", "10", "--temperatures", "300,350", "--replica-exchange", "5",
+               "--average-last-ps", "0.04", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    entry = json.loads((out / "results.json").read_text())["models"][0]
+    assert entry["nvt_replica_exchange"]["swap_interval"] == 5 and sum(entry["nvt_replica_exchange"]["attempts"]) == 4  # 8 attempts, the one pair on alternate ones
+    series = np.load(out / "lj" / "nvt_series.npz")
+    assert "walker" in series and "epot_per_atom_by_walker" in series

@@ -206,7 +206,7 @@ def exchange_statistics(state: MDState, timestep: float | None = None) -> dict:
     walker = np.asarray(v.walker)
     trips_per_walker = np.zeros(len(kT), int)
     trips_per_walker[walker] = np.asarray(v.round_trips)
-    out = {"temperatures_k": (kT[order] / units.kB).tolist(), "slot_order": order.tolist(),
+    out = {"temperatures_k": np.round(kT[order] / units.kB, 6).tolist(), "slot_order": order.tolist(),
            "attempts": attempts.tolist(), "accepted": accepted.tolist(),
            "acceptance": [float(a / n) if n else None for a, n in zip(accepted, attempts)],
            "walker_in_slot": walker.tolist(), "round_trips": trips_per_walker.tolist()}

@@ -70,6 +70,7 @@ class SweepProtocol:
     seed: int = 0
     chunk_steps: int = 500
     skin: float = 1.0
+    swap_interval: int | None = None  # replica exchange between neighbouring temperatures every this many steps
 
     def __post_init__(self):
         if self.ensemble not in ("npt", "nvt"):
@@ -88,11 +89,18 @@ class SweepProtocol:
         if self.timestep_fs <= 0 or self.average_last_ps <= 0:
             raise ValueError("timestep_fs and average_last_ps must be positive")
         born_charges(self.charges)  # validates the name
+        if self.swap_interval is not None:
+            if int(self.swap_interval) < 1 or len(set(temps)) < 2 or len(set(temps)) < len(temps):
+                raise ValueError(f"replica exchange needs >= 2 distinct temperatures and a swap interval >= 1 step, "
+                                 f"got temperatures {list(temps)} and swap_interval {self.swap_interval}")
+            object.__setattr__(self, "swap_interval", int(self.swap_interval))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["temperatures_k"] = list(self.temperatures_k)
         d["shifts"] = list(self.shifts)
+        if self.swap_interval is None:  # runs without exchange keep their fingerprints (resume)
+            d.pop("swap_interval")
         return d
 
     def fingerprint(self, model_name: str) -> str:
@@ -116,7 +124,7 @@ def study_nvt(**overrides) -> SweepProtocol:
 
 
 def _initial(model: Model, p: SweepProtocol, dtype):
-    from jaxpto.integrators import langevin, melchionna_npt
+    from jaxpto.integrators import langevin, melchionna_npt, replica_exchange
     from jaxpto.simulate import state_from_atoms
 
     atoms0 = polar_supercell(p.supercell, p.a, p.c, p.shifts)
@@ -131,14 +139,17 @@ def _initial(model: Model, p: SweepProtocol, dtype):
         replicas.append(at)
     state, force_fn = state_from_atoms(replicas, model, seed=p.seed, skin=p.skin, dtype=dtype)
     dt = p.timestep_fs * units.fs
+    temps = list(p.temperatures_k)
     if p.ensemble == "npt":
         integ = melchionna_npt(force_fn, dt, mask=np.eye(3))
-        state = integ.init(state, list(p.temperatures_k), ttime=p.ttime_fs * units.fs, pfactor=p.pfactor,
-                           externalstress=0.0)
+        args, kw = (temps,), dict(ttime=p.ttime_fs * units.fs, pfactor=p.pfactor, externalstress=0.0)
     else:
         integ = langevin(force_fn, dt, fixcm=True)
-        state = integ.init(state, list(p.temperatures_k), p.friction_per_fs / units.fs)
-    return atoms0, state, integ
+        args, kw = (temps, p.friction_per_fs / units.fs), {}
+    if p.swap_interval is not None:  # temperature replica exchange between the sweep's temperatures
+        integ = replica_exchange(integ, p.swap_interval, seed=p.seed)
+    return atoms0, integ.init(state, *args, **kw), integ
+
 
 
 def _site_rms_jax(positions, cell, ref_scaled):
@@ -160,13 +171,16 @@ def make_recorder(atoms0, p: SweepProtocol, dtype) -> Callable[[MDState], dict]:
     reps = float(p.supercell)
 
     def record(s: MDState) -> dict:
-        return {
+        out = {
             "lattice": jnp.linalg.norm(s.cell, axis=-1) / reps,  # [R,3] A, pseudo-cubic a, b, c
             "temperature": temperature_K(s.momenta, s.masses),  # [R] K
             "epot_per_atom": s.energy / s.n_atoms,  # [R] eV
             "polarization": mean_polarization(s.positions, s.cell, topology, charges),  # [R,3] C/m^2
             "site_rms": _site_rms_jax(s.positions, s.cell, ref_scaled),  # [R] A
         }
+        if p.swap_interval is not None:  # which walker (starting temperature) each temperature holds
+            out["walker"] = s.variables.walker
+        return out
 
     return record
 
@@ -369,7 +383,29 @@ def _sweep_result(run: dict, state, p: SweepProtocol, model_name: str, n_atoms: 
     result["finished"] = finished
     result["final_state"] = state
     result["active"] = active
+    if p.swap_interval is not None:
+        from jaxpto.integrators.replica_exchange import exchange_statistics
+
+        result["replica_exchange"] = {"swap_interval": p.swap_interval,
+                                      **exchange_statistics(state, p.timestep_fs * units.fs)}
     return result
+
+
+def series_by_walker(series: dict) -> dict:
+    """Per-walker series from per-temperature ones: ``out[key][t, w]`` is walker ``w``'s value at record
+    ``t`` (``series["walker"][t, r]`` names the walker in temperature slot ``r``); NaN where unknown."""
+    walker = series["walker"]
+    out = {}
+    for key, arr in series.items():
+        if key in ("walker", "time_ps"):
+            continue
+        by = np.full_like(arr, np.nan)
+        for t in range(walker.shape[0]):
+            w = walker[t]
+            ok = np.isfinite(w)
+            by[t, w[ok].astype(int)] = arr[t, ok]
+        out[key] = by
+    return out
 
 
 def _window(series_time_ps, p: SweepProtocol, done_steps: int):

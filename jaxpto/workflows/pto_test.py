@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from jaxpto.workflows.dynamics import SweepProtocol, run_sweep, study_npt, study_nvt
+from jaxpto.workflows.dynamics import SweepProtocol, run_sweep, series_by_walker, study_npt, study_nvt
 
 SCHEMA = "jaxpto.pto-test/1"
 PARTS = ("static", "phonons", "npt", "nvt", "speed")
@@ -250,7 +250,7 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     n = max(protocol.ase_steps, 2)
     T = p.temperatures_k[0]
     one = dataclasses.replace(p, temperatures_k=(T,), steps=2 * n, chunk_steps=n, record_every=n,
-                              average_last_ps=p.timestep_fs * n * 1e-3)
+                              average_last_ps=p.timestep_fs * n * 1e-3, swap_interval=None)
     res = run_sweep(model, one, model_name=name, progress=False, dtype=dtype)
     jax_speed = res["speed"]
     atoms = polar_supercell(p.supercell, p.a, p.c, p.shifts)
@@ -278,7 +278,9 @@ def _save_series(out: str, name: str, ens: str, res: dict) -> None:
     os.makedirs(d, exist_ok=True)
     np.savez_compressed(os.path.join(d, f"{ens}_series.npz"),
                         temperatures_k=np.array(res["protocol"]["temperatures_k"]),
-                        **{k: v for k, v in res["series"].items()})
+                        **{k: v for k, v in res["series"].items()},
+                        **({f"{k}_by_walker": v for k, v in series_by_walker(res["series"]).items()}
+                           if "walker" in res["series"] else {}))
     # Final configuration of every replica still running, as extended XYZ (ASE-readable).
     st = res.get("final_state")
     if st is not None:
@@ -350,6 +352,8 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
                 entry[f"{part}_tc_k"] = res["tc_k"]
                 entry[f"{part}_tc_note"] = res["tc_note"]
                 entry[f"{part}_averaging_window_ps"] = res["averaging_window_ps"]
+                if "replica_exchange" in res:
+                    entry[f"{part}_replica_exchange"] = res["replica_exchange"]
                 entry.setdefault("speed", {})[part] = res["speed"]
             elif part == "speed":
                 entry.setdefault("speed", {})["ase_comparison"] = run_speed(model, name, protocol, dtype)
