@@ -23,7 +23,8 @@ a kill keeps every finished step. Every check records its numbers, its threshold
    by jaxpto there (the CUDA-vs-CPU check) and (b) the model's own ASE calculator on the device,
    on the three PbTiO3 cells of :func:`jaxpto.workflows.structures.bridge_check_cells` and on a
    2-replica batch of the 40-atom cell. Tolerances are float32 round-off, the bridge tests' own:
-   1e-5 eV/atom, 1e-4 eV/A, 1e-5 eV/A^3. Negative control: the same device model with energy,
+   1e-5 eV/atom, 1e-4 eV/A, 1e-5 eV/A^3, and forces and stress within 5e-4 of their largest
+   component (:data:`TOL_REL`: a model with small forces is held as tightly). Negative control: the same device model with energy,
    forces and stress scaled by 1 + 1e-3 must fail the CUDA-vs-CPU check (else the check is blind).
    A JAX-native model (Nequix) that fails is run again with float32 matmuls at full precision,
    to tell XLA's TF32 default on the GPU from a real difference.
@@ -32,10 +33,11 @@ a kill keeps every finished step. Every check records its numbers, its threshold
    XLA buffer's address (inputs and outputs), the float inputs reaching the model without a copy,
    all on the GPU, and torch's current stream inside the callback = XLA's stream. Synchronisation:
    the torch profiler counts CUDA synchronise calls during the chunk and during as many direct
-   calls of the model (the floor): a device-wide one (``cudaDeviceSynchronize``) per step fails
-   the check; stream synchronisations per step are reported next to the bare model's. A positive
-   control (explicit ``torch.cuda.synchronize()`` calls) shows that the profiler sees them; if it
-   does not, the result is "inconclusive", not passed.
+   calls of the model (the floor): a device-wide one (``cudaDeviceSynchronize``, or ``cudaFree``,
+   which waits for the device too) in the chunk fails the check; stream synchronisations per
+   step (the model's own host reads) are reported next to the bare calls'. A positive control
+   (explicit ``torch.cuda.synchronize()`` calls) shows that the profiler sees them; if it does
+   not, the result is "inconclusive", not passed.
 4. ``memory``: the setting jaxpto chose (``bridges.gpu_memory``), JAX's memory statistics and
    torch's reservation in this process, device memory in use (``torch.cuda.mem_get_info``), and
    two fresh processes that only start JAX: one with JAX's default (it reserves ~75 % of the
@@ -79,11 +81,15 @@ sys.path.insert(0, HERE)
 
 SCHEMA = "jaxpto.gpu-check/1"
 TOL = {"dE_per_atom": 1e-5, "max_dF": 1e-4, "max_dS": 1e-5}  # eV/atom, eV/A, eV/A^3 (float32)
+# ... and relative to the largest component, so that a model with small forces or stresses (the
+# random MACE: |F| ~ 0.01 eV/A) is held as tightly as one with large ones: float32 round-off is
+# ~1e-5 of it, the negative control's 1e-3 fails it. The floors keep near-zero values decidable.
+TOL_REL = {"max_dF": (5e-4, 1e-6), "max_dS": (5e-4, 1e-7)}  # (fraction of max |x|, floor)
 NEGATIVE_CONTROL_SCALE = 1.0 + 1e-3
 TARGETS = {"jaxpto_over_bare": ("<=", 1.05), "ase_over_jaxpto": (">=", 10.0), "r8_throughput_over_r1": (">=", 6.0)}
 TORCH_MODELS = ("chgnet-0.3.0", "7net-0", "mace-medium-random")
 NEQUIX = "nequix-mp-1"
-WHEEL_DISTS = ("ase", "chgnet", "pymatgen-core", "monty", "spglib", "sevenn", "e3nn", "mace-torch", "matscipy",
+WHEEL_DISTS = ("ase", "chgnet", "pymatgen", "pymatgen-core", "monty", "spglib", "sevenn", "e3nn", "mace-torch", "matscipy",
                "e3nn-jax", "jraph", "nequix", "numpy", "scipy", "torch", "jax", "jaxlib", "torch-geometric")
 
 PROFILES = {
@@ -141,7 +147,7 @@ class Kit:
         self.models = {}  # (name, "device" | "cpu") -> (Model, torch EFS or None, calc factory or None, description)
         self.result = {"schema": SCHEMA, "mode": "gpu" if self.gpu else "cpu-dry-run",
                        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "args": vars(args), "tolerances": TOL, "targets": {k: list(v) for k, v in TARGETS.items()},
+                       "args": vars(args), "tolerances": TOL, "relative_tolerances": TOL_REL, "targets": {k: list(v) for k, v in TARGETS.items()},
                        "steps": {}}
 
     def left(self) -> float:
@@ -163,8 +169,14 @@ class Kit:
         key = (name, where)
         if key not in self.models:
             t0 = time.perf_counter()
-            self.models[key] = self._load(name, where)
-            self.log(f"loaded {name} on {where} in {time.perf_counter() - t0:.1f} s")
+            try:
+                self.models[key] = self._load(name, where)
+            except Exception as exc:  # remembered: a later step gets the same error at once
+                self.models[key] = exc
+            self.log(f"{'loaded' if not isinstance(self.models[key], Exception) else 'could not load'} {name} "
+                     f"on {where} in {time.perf_counter() - t0:.1f} s")
+        if isinstance(self.models[key], Exception):
+            raise self.models[key]
         return self.models[key]
 
     def _load(self, name, where):
@@ -246,7 +258,8 @@ def compare(a, b, n_atoms):
          "max_dS": float(np.max(np.abs(a[2] - b[2]))), "max_abs_F": float(np.max(np.abs(b[1]))),
          "max_abs_S": float(np.max(np.abs(b[2])))}
     finite = all(np.all(np.isfinite(x)) for x in a + b)
-    d["passed"] = bool(finite and all(d[k] <= tol for k, tol in TOL.items()))
+    rel_ok = all(d[k] <= frac * d[k.replace("max_d", "max_abs_")] + floor for k, (frac, floor) in TOL_REL.items())
+    d["passed"] = bool(finite and rel_ok and all(d[k] <= tol for k, tol in TOL.items()))
     return d
 
 
@@ -325,10 +338,40 @@ def step_environment(kit):
     return out
 
 
-def step_agreement(kit):
+def _agree(model, ref_model, efs, calc, cells, dev, cpu):
+    """One model's agreement entry: every cell on the device vs the CPU copy (and vs its own
+    calculator), then the negative control."""
     import jax
     import numpy as np
 
+    entry, all_ok, ref_super = {"cells": {}}, True, None
+    for cname, atoms in list(cells.items()) + [("supercell_batch_R2", None)]:
+        if atoms is None:  # two replicas of the 40-atom cell in one call: the batched graph on the device
+            second = cells["supercell"].copy()
+            second.positions += np.random.default_rng(7).normal(0, 0.03, second.positions.shape)
+            batch = [cells["supercell"], second]
+        else:
+            batch = [atoms]
+        res_dev = evaluate(model, batch, dev)
+        res_cpu = tuple(np.concatenate(x) for x in zip(*(evaluate(ref_model, [a], cpu) for a in batch)))
+        if cname == "supercell":
+            ref_super = res_cpu
+        c = {"n_atoms": len(batch[0]), "replicas": len(batch), "vs_cpu": compare(res_dev, res_cpu, len(batch[0]))}
+        if calc is not None and atoms is not None:
+            c["vs_own_calculator"] = compare(res_dev, own_calculator(calc, atoms), len(atoms))
+        if not c["vs_cpu"]["passed"] and efs is None:
+            # JAX-native: XLA's GPU float32 dots default to TF32; again at full precision (diagnosis only)
+            with jax.default_matmul_precision("float32"):
+                c["vs_cpu_full_precision_matmul"] = compare(evaluate(model, batch, dev), res_cpu, len(batch[0]))
+        entry["cells"][cname] = c
+        all_ok = all_ok and c["vs_cpu"]["passed"] and c.get("vs_own_calculator", {"passed": True})["passed"]
+    neg = evaluate(scaled(model, NEGATIVE_CONTROL_SCALE), [cells["supercell"]], dev)
+    entry["negative_control"] = {"scale": NEGATIVE_CONTROL_SCALE, **compare(neg, ref_super, len(cells["supercell"]))}
+    entry["negative_control"]["passed_as_it_must_not"] = entry["negative_control"].pop("passed")
+    return entry, all_ok
+
+
+def step_agreement(kit):
     from jaxpto.workflows.structures import bridge_check_cells
 
     cells = bridge_check_cells()
@@ -340,52 +383,36 @@ def step_agreement(kit):
             out["models"][name] = {"skipped": f"time budget (this step's share, {kit.args.agreement_share:.0%} of "
                                               f"{kit.args.budget_s:.0f} s, is spent)"}
             continue
-        entry = out["models"][name] = {}
         try:
             model, efs, calc_factory, desc = kit.model(name, "device")
             ref_model = kit.model(name, "cpu")[0]
         except Exception as exc:
-            entry["skipped"] = f"{type(exc).__name__}: {exc}"
-            kit.log(f"agreement {name}: skipped ({entry['skipped']})")
+            out["models"][name] = {"skipped": f"{type(exc).__name__}: {exc}"}
+            kit.log(f"agreement {name}: skipped ({out['models'][name]['skipped']})")
             continue
-        entry["description"] = desc
-        calc = None
+        calc, calc_note = None, None
         if calc_factory is not None:
             try:
                 calc = calc_factory()
             except Exception as exc:
-                entry["own_calculator_skipped"] = f"{type(exc).__name__}: {exc}"
-        entry["cells"] = {}
-        all_ok = True
-        for cname, atoms in list(cells.items()) + [("supercell_batch_R2", None)]:
-            if atoms is None:  # two replicas of the 40-atom cell in one call: the batched graph on the device
-                second = cells["supercell"].copy()
-                second.positions += np.random.default_rng(7).normal(0, 0.03, second.positions.shape)
-                batch = [cells["supercell"], second]
-            else:
-                batch = [atoms]
-            res_dev = evaluate(model, batch, dev)
-            res_cpu = tuple(np.concatenate(x) for x in zip(*(evaluate(ref_model, [a], cpu) for a in batch)))
-            c = {"n_atoms": len(batch[0]), "replicas": len(batch), "vs_cpu": compare(res_dev, res_cpu, len(batch[0]))}
-            if calc is not None and atoms is not None:
-                c["vs_own_calculator"] = compare(res_dev, own_calculator(calc, atoms), len(atoms))
-            ok = c["vs_cpu"]["passed"] and c.get("vs_own_calculator", {"passed": True})["passed"]
-            if not c["vs_cpu"]["passed"] and efs is None:
-                # JAX-native: XLA's GPU float32 dots default to TF32; rerun at full precision.
-                with jax.default_matmul_precision("float32"):
-                    c["vs_cpu_full_precision_matmul"] = compare(evaluate(model, batch, dev), res_cpu, len(batch[0]))
-            entry["cells"][cname] = c
-            all_ok = all_ok and ok
-        neg = evaluate(scaled(model, NEGATIVE_CONTROL_SCALE), [cells["supercell"]], dev)
-        ref = evaluate(ref_model, [cells["supercell"]], cpu)
-        entry["negative_control"] = {"scale": NEGATIVE_CONTROL_SCALE, **compare(neg, ref, len(cells["supercell"]))}
-        entry["negative_control"]["passed_as_it_must_not"] = entry["negative_control"].pop("passed")
-        out["checks"][f"{name}_agrees"] = {"passed": all_ok}
-        out["checks"][f"{name}_negative_control_fails"] = {
-            "passed": not entry["negative_control"]["passed_as_it_must_not"]}
-        worst = max(c["vs_cpu"]["max_dF"] for c in entry["cells"].values())
-        kit.log(f"agreement {name}: {'ok' if all_ok else 'FAILED'} (max |dF| vs CPU {worst:.2e} eV/A; negative "
-                f"control {'caught' if out['checks'][f'{name}_negative_control_fails']['passed'] else 'MISSED'})")
+                calc_note = f"{type(exc).__name__}: {exc}"
+        try:
+            entry, ok = _agree(model, ref_model, efs, calc, cells, dev, cpu)
+        except Exception as exc:  # a bridge that fails on the device: recorded, the other models go on
+            entry, ok = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, False
+        entry["description"] = desc
+        if calc_note:
+            entry["own_calculator_skipped"] = calc_note
+        out["models"][name] = entry
+        caught = "negative_control" in entry and not entry["negative_control"]["passed_as_it_must_not"]
+        out["checks"][f"{name}_agrees"] = {"passed": ok}
+        out["checks"][f"{name}_negative_control_fails"] = {"passed": caught}
+        if "error" in entry:
+            kit.log(f"agreement {name}: ERROR {entry['error']}")
+        else:
+            worst = max(c["vs_cpu"]["max_dF"] for c in entry["cells"].values())
+            kit.log(f"agreement {name}: {'ok' if ok else 'FAILED'} (max |dF| vs CPU {worst:.2e} eV/A; negative "
+                    f"control {'caught' if caught else 'MISSED'})")
         kit.save()
     out["skipped_models"] = {m: e["skipped"] for m, e in out["models"].items() if "skipped" in e}
     return out
@@ -401,12 +428,16 @@ def _sync_counts(fn, cuda):
     with profile(activities=acts) as prof:
         fn()
     names = Counter(e.name for e in prof.events())
-    device_wide = sum(v for k, v in names.items() if k in ("cudaDeviceSynchronize", "cuCtxSynchronize"))
+    # cudaFree waits for the whole device too (CUDA runtime documentation), so it counts as device-wide
+    device_wide = sum(v for k, v in names.items() if k in ("cudaDeviceSynchronize", "cuCtxSynchronize", "cudaFree",
+                                                           "cuMemFree", "cuMemFree_v2"))
     stream = sum(v for k, v in names.items() if k in ("cudaStreamSynchronize", "cuStreamSynchronize",
                                                       "cudaEventSynchronize", "cuEventSynchronize"))
     blocking_copies = sum(v for k, v in names.items() if k in ("cudaMemcpy", "cuMemcpy"))
     return {"device_wide": device_wide, "stream_or_event": stream, "blocking_memcpy": blocking_copies,
-            "sync_like_names": {k: v for k, v in names.items() if "ynchron" in k or k in ("cudaMemcpy", "cuMemcpy")}}
+            "sync_like_names": {k: v for k, v in names.items()
+                                if "ynchron" in k or k.startswith(("cudaMemcpy", "cuMemcpy", "cudaFree", "cuMemFree",
+                                                                   "cudaMalloc", "cuMemAlloc"))}}
 
 
 def step_zero_copy(kit):
@@ -475,19 +506,19 @@ def step_zero_copy(kit):
     args = (t(pos), t(state.cell), t(atoms.numbers, torch.int64), t(src, torch.int64), t(dst, torch.int64), t(shift),
             t(mask))
 
-    def bare():
+    def bare():  # no synchronisation of its own: the profiler's stop waits for the device
         for _ in range(k):
             efs(*args)
-        if gpu:
-            torch.cuda.synchronize()
 
     bare()
     try:
         jaxpto_sync = _sync_counts(lambda: chunk(state), gpu)
         bare_sync = _sync_counts(bare, gpu)
+        # The model's own stream synchronisations (host reads of device values: masks, counts) are
+        # the floor: jaxpto's per step should equal the bare calls' (the bridge adds none per step).
         out["sync"] = {"jaxpto_chunk": jaxpto_sync, "bare_calls": bare_sync,
                        "stream_syncs_per_step": {"jaxpto": jaxpto_sync["stream_or_event"] / k,
-                                                 "bare": max(0, bare_sync["stream_or_event"] - bare_sync["device_wide"]) / k}}
+                                                 "bare": bare_sync["stream_or_event"] / k}}
         if gpu:
             control = _sync_counts(lambda: [torch.cuda.synchronize() for _ in range(3)], True)
             sees = control["device_wide"] >= 3
@@ -508,40 +539,40 @@ def step_zero_copy(kit):
 
 
 _CHILD = r"""
-import json, os, sys
+import json, os
+out = {"preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")}
+try:
+    import torch
+    cuda = torch.cuda.is_available()
+except ImportError:
+    cuda = False
+if cuda:  # device memory free before JAX starts (torch's own context already counted)
+    free0, total = torch.cuda.mem_get_info()
 import jax, jax.numpy as jnp
 x = jnp.zeros((1024,), jnp.float32) + 1.0
 x.block_until_ready()
-d = jax.devices()[0]
-out = {"backend": jax.default_backend(), "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
-       "jax_memory_stats": d.memory_stats()}
-try:
-    import torch
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        out.update(device_used_gb=(total - free) / 2**30, device_total_gb=total / 2**30)
-except Exception as exc:
-    out["torch_error"] = str(exc)
+out.update(backend=jax.default_backend(), jax_memory_stats=jax.devices()[0].memory_stats())
+if cuda:
+    free1, total = torch.cuda.mem_get_info()
+    out.update(jax_took_gb=(free0 - free1) / 2**30, device_total_gb=total / 2**30)
 print("CHILD " + json.dumps(out))
 """
 
 
 def _children():
-    """Two fresh processes that only start JAX: JAX's default and jaxpto's setting (run at once)."""
+    """Two fresh processes that start JAX with one small array, one after the other (each measures
+    the device memory JAX took: free memory before and after, read by torch): JAX's default and
+    jaxpto's setting."""
     from bridges.gpu_memory import PREALLOCATE, USER_SETTINGS
 
     base = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
-    procs = {"jax_default": subprocess.Popen([sys.executable, "-c", _CHILD], env=base, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True),
-             "jaxpto_setting": subprocess.Popen([sys.executable, "-c", _CHILD], env={**base, PREALLOCATE: "false"},
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)}
     out = {}
-    for key, p in procs.items():
+    for key, env in (("jax_default", base), ("jaxpto_setting", {**base, PREALLOCATE: "false"})):
         try:
-            text, _ = p.communicate(timeout=120)
+            proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=120)
+            text = proc.stdout + proc.stderr
         except subprocess.TimeoutExpired:
-            p.kill()
-            text = "timed out"
+            text = "timed out after 120 s"
         line = [ln for ln in text.splitlines() if ln.startswith("CHILD ")]
         out[key] = json.loads(line[-1][6:]) if line else {"error": text[-2000:]}
     return out
@@ -579,12 +610,13 @@ def step_memory(kit):
         checks["jaxpto_setting_applied"] = {"action": gpu_memory.status.get("action"),
                                             "passed": gpu_memory.status.get("action") == "set"
                                             and os.environ.get(gpu_memory.PREALLOCATE) == "false"}
-        if "device_used_gb" in d and "device_used_gb" in j:
+        if "jax_took_gb" in d and "jax_took_gb" in j:
             total = d["device_total_gb"]
-            checks["jax_default_reserves_most"] = {"used_fraction": d["device_used_gb"] / total,
-                                                   "passed": d["device_used_gb"] / total > 0.5}
-            checks["jaxpto_setting_reserves_little"] = {"used_fraction": j["device_used_gb"] / total,
-                                                        "passed": j["device_used_gb"] / total < 0.1}
+            # JAX's default takes ~75 % (the problem is real); jaxpto's setting its context and the array
+            checks["jax_default_reserves_most"] = {"fraction": d["jax_took_gb"] / total,
+                                                   "passed": d["jax_took_gb"] / total > 0.5}
+            checks["jaxpto_setting_reserves_little"] = {"fraction": j["jax_took_gb"] / total,
+                                                        "passed": j["jax_took_gb"] / total < 0.05}
     out["checks"] = checks
     return out
 
@@ -652,7 +684,9 @@ def step_npt_chunk(kit):
         per_step = (r["ms_per_step"] if r else R * point["bare"]["ms_per_step"]) / 1e3
         setup = 2.0 * (point.get("jaxpto_setup_s") or 10.0)
     steps = a.npt_steps
-    if per_step is not None:
+    if per_step is None:  # no suite point to predict the speed from: two chunks only, bounded
+        steps = min(steps, 2 * a.npt_chunk)
+    else:
         fit = int((kit.left() - 10 - setup) / per_step) // a.npt_chunk * a.npt_chunk
         steps = min(steps, fit)
         if steps < 2 * a.npt_chunk:
@@ -748,15 +782,15 @@ def plot(result, path):
     mem = st.get("memory", {})
     bars = {}
     for key, c in (mem.get("fresh_processes") or {}).items():
-        if "device_used_gb" in c:
-            bars[f"fresh JAX\n{key}"] = c["device_used_gb"]
+        if "jax_took_gb" in c:
+            bars[f"fresh JAX\n{key}"] = c["jax_took_gb"]
     snap = (st.get("suite") or {}).get("memory_after") or mem.get("this_process") or {}
     if "device_used_gb" in snap:
         bars["kit process\n(all models)"] = snap["device_used_gb"]
         bars["of which torch\nreserved (peak)"] = snap.get("torch_max_reserved_gb", np.nan)
     ax.bar(range(len(bars)), list(bars.values()), color=["C3", "C2", "C0", "C1"][:len(bars)])
     ax.set_xticks(range(len(bars)), list(bars), fontsize=7)
-    ax.set_ylabel("GPU memory in use (GB)")
+    ax.set_ylabel("GPU memory taken (GiB)")
     ax.set_title("memory (JAX default vs jaxpto's setting)" if bars else "memory: no GPU")
     ax = axes[1, 1]
     npt = st.get("npt_chunk", {})

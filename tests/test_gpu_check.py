@@ -123,6 +123,14 @@ def test_compare_and_negative_control_wrapper():
         bump[0].flat[0] += bump[1]
         d = gpu_check.compare((e, f, s), ref, len(atoms))
         assert not d["passed"] and d[key] > tol
+    for key in gpu_check.TOL_REL:  # a difference under the absolute tolerance but large for this model
+        # a model with small forces and stresses (as the random MACE): max |F| 0.01 eV/A, max |S| 1e-3 eV/A^3
+        small = (ref[0], ref[1] * (0.01 / np.abs(ref[1]).max()), ref[2] * (1e-3 / np.abs(ref[2]).max()))
+        e2, f2, s2 = (x.copy() for x in small)
+        arr = {"max_dF": f2, "max_dS": s2}[key]
+        arr.flat[np.argmax(np.abs(arr))] *= 1.005  # 0.5 % of the largest component
+        d = gpu_check.compare((e2, f2, s2), small, len(atoms))
+        assert d[key] < gpu_check.TOL[key] and not d["passed"], (key, d)
     nan = (ref[0] * np.nan, ref[1], ref[2])
     assert not gpu_check.compare(nan, ref, len(atoms))["passed"]
     assert ref[1].dtype == np.float64 and ref[1].shape == (1, len(atoms), 3)
