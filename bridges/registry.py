@@ -135,6 +135,10 @@ def _load_torch(family: str, name: str, device, dtype, kw) -> "Model":
 
     if device is None or str(device).startswith("cpu"):
         host_allocator.tune()  # before JAX starts its threads (below); see jaxpto/host_allocator.py
+    if device is None or not str(device).startswith("cpu"):
+        from bridges import gpu_memory
+
+        gpu_memory.share_gpu_with_torch(device)  # before JAX creates its GPU client (below)
     dev = _default_torch_device(device)
     tdt = _torch_dtype(dtype)
     efs = family_module(family).load(name, device=dev, dtype=tdt, **kw)

@@ -143,9 +143,11 @@ class TorchBridge:
     """The callable behind ``Model.compute`` for a torch EFS (see the module docstring).
 
     Attributes for diagnostics: ``n_calls`` (torch calls so far), ``torch_seconds`` (wall time
-    spent inside them), ``trace`` (set it to a list to record, per call, the torch tensors'
-    ``data_ptr`` next to the XLA buffers' addresses: the zero-copy evidence), ``mode``
-    (``"buffer_callback"`` or ``"pure_callback"``).
+    spent inside them), ``trace`` (set it to a list to record, per ``buffer_callback`` call, the
+    zero-copy evidence: ``inputs``/``outputs`` as ``(torch data_ptr, XLA buffer address)`` pairs,
+    ``devices`` of those tensors, ``prepared`` ``(data_ptr, device, dtype)`` of what the model
+    receives after the bridge's casts, and on a GPU ``stream``: XLA's stream and torch's current
+    stream inside the call), ``mode`` (``"buffer_callback"`` or ``"pure_callback"``).
     """
 
     def __init__(self, torch_efs, *, device=None, dtype=None, force_pure_callback: bool = False):
@@ -156,6 +158,10 @@ class TorchBridge:
             from jaxpto import host_allocator
 
             host_allocator.tune()  # effective only if JAX has not run yet; else the first call warns
+        if self.device is None or self.device.type == "cuda":
+            from bridges import gpu_memory
+
+            gpu_memory.share_gpu_with_torch(self.device)  # effective only before JAX's GPU client starts
         self.dtype = _torch_dtype(dtype)
         self.n_calls = 0
         self.torch_seconds = 0.0
@@ -184,11 +190,15 @@ class TorchBridge:
         mask = mask.to(device=dev, dtype=torch.bool)
         return pos, cell, numbers, src, dst, shift, mask
 
-    def _evaluate(self, tensors):
+    def _evaluate(self, tensors, record=None):
         torch = _torch()
         t0 = time.perf_counter()
+        prepared = self._prepare(tensors)
+        if record is not None:  # what the model itself receives: the same memory unless cast/moved
+            record["prepared"] = [(t.data_ptr(), str(t.device), str(t.dtype).removeprefix("torch."))
+                                  for t in prepared]
         with torch.enable_grad():
-            energy, forces, stress = self.efs(*self._prepare(tensors))
+            energy, forces, stress = self.efs(*prepared)
         if self.n_calls == 0 and energy.device.type == "cpu":
             _warn_if_allocator_untuned()
         self.n_calls += 1
@@ -203,23 +213,28 @@ class TorchBridge:
             # Run torch on XLA's stream: ordered with XLA's work, no device-wide sync needed.
             stream = torch.cuda.ExternalStream(int(ctx.stream), device=torch.device("cuda", int(dev_id)))
             with torch.cuda.device(int(dev_id)), torch.cuda.stream(stream):
-                self._run_buffers(outs, bufs, gpu=True)
+                self._run_buffers(outs, bufs, gpu=True, xla_stream=int(ctx.stream))
         else:
             self._run_buffers(outs, bufs, gpu=False)
 
-    def _run_buffers(self, outs, bufs, gpu: bool):
+    def _run_buffers(self, outs, bufs, gpu: bool, xla_stream=None):
         torch = _torch()
         tensors = [torch.from_dlpack(b) for b in bufs]
         out_t = [torch.from_dlpack(o) for o in outs]
+        record = None
         if self.trace is not None:
             def addr(b):
                 return (b.__cuda_array_interface__["data"][0] if gpu
                         else np.asarray(b).__array_interface__["data"][0])
-            self.trace.append({
+            record = {
                 "inputs": [(t.data_ptr(), addr(b)) for t, b in zip(tensors, bufs)],
                 "outputs": [(t.data_ptr(), addr(o)) for t, o in zip(out_t, outs)],
-            })
-        energy, forces, stress = self._evaluate(tensors)
+                "devices": sorted({str(t.device) for t in tensors + out_t}),
+            }
+            if gpu:  # torch's current stream inside the callback next to XLA's
+                record["stream"] = {"xla": xla_stream, "torch": int(torch.cuda.current_stream().cuda_stream)}
+            self.trace.append(record)
+        energy, forces, stress = self._evaluate(tensors, record)
         out_t[0].copy_(energy.reshape(out_t[0].shape))
         out_t[1].copy_(forces.reshape(out_t[1].shape))
         out_t[2].copy_(stress.reshape(out_t[2].shape))

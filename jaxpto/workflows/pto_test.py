@@ -314,7 +314,10 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
     from jaxpto import host_allocator
 
     if not all(is_jax_native(m) for m in models):
+        from bridges import gpu_memory
+
         host_allocator.tune()  # torch models on the CPU: before device_info() starts JAX's threads
+        gpu_memory.share_gpu_with_torch()  # torch models on a GPU: before JAX reserves its memory
     data = load_results(out)
     data.update(protocol=protocol.to_dict(), versions=versions(), device=device_info())
     data.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
