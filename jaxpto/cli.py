@@ -61,6 +61,15 @@ def _add_pto_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"],
                    help="engine float type (default float32; float64 needs JAX_ENABLE_X64=1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--devices", default=None,
+                   help="shard the sweeps' temperatures over this many devices, or 'all' (default: one device); "
+                        "the numbers are the same as on one device")
+    dist = p.add_argument_group("several processes (jax.distributed; every process runs the same command)")
+    dist.add_argument("--coordinator", help="host:port of process 0, e.g. localhost:12355")
+    dist.add_argument("--num-processes", type=int, help="number of processes")
+    dist.add_argument("--process-id", type=int, help="this process's id, 0 .. num-processes - 1")
+    dist.add_argument("--local-devices", type=int,
+                      help="CPU only: host devices per process (XLA's --xla_force_host_platform_device_count)")
 
 
 def _protocol(args):
@@ -109,8 +118,20 @@ def _run_pto(args, parts, parser) -> int:
     elif args.dtype == "float32":
         dtype = np.float32
     models = args.model or [DEFAULT_MODEL]
-    data = run_pto_test(models, args.out, protocol, parts=parts, progress=not args.no_progress, dtype=dtype)
-    print(f"results: {args.out}/results.json, report: {args.out}/report.md")
+    devices = args.devices
+    if devices is not None and devices != "all":
+        try:
+            devices = int(devices)
+        except ValueError:
+            parser.error(f"--devices must be a number or 'all', got {devices!r}")
+    if args.coordinator and devices is None:
+        devices = "all"  # a multi-process run shards over every process's devices
+    data = run_pto_test(models, args.out, protocol, parts=parts, progress=not args.no_progress, dtype=dtype,
+                        devices=devices)
+    from jaxpto.sharding import is_main_process
+
+    if is_main_process():
+        print(f"results: {args.out}/results.json, report: {args.out}/report.md")
     return 0 if data["models"] else 1
 
 
@@ -215,6 +236,20 @@ def main(argv=None) -> int:
         _add_pto_options(sp)
     _add_export_lammps(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "coordinator", None) or getattr(args, "num_processes", None) is not None:
+        if not (args.coordinator and args.num_processes and args.process_id is not None):
+            parser.error("a multi-process run needs --coordinator, --num-processes and --process-id together")
+        from jaxpto.sharding import initialize_distributed
+
+        try:
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.local_devices)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif getattr(args, "local_devices", None):
+        import os
+
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.local_devices}").strip()
     if args.command == "export-lammps":
         return _run_export_lammps(args, parser)
     if args.command == "verify":

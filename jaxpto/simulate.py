@@ -38,6 +38,7 @@ import numpy as np
 
 from jaxpto import neighbors as nl
 from jaxpto.integrators.base import Integrator, target_temperature_K
+from jaxpto.sharding import shard_state, state_mesh, to_host, tree_to_host
 from jaxpto.state import MDState, evaluate, hold_stopped, select_replicas, temperature_K
 
 BLOWUP_CELL_CHANGE = 0.5  # relative box-length change
@@ -130,9 +131,12 @@ def run_chunk(integrator: Integrator, state: MDState, n_steps: int, record_fn=No
             return new_state, records
         # Sized for what the failed chunk met (its neighbour count, its most deformed cell),
         # with growing head-room; then the chunk is taken again from its start.
+        mesh = state_mesh(state)
         state = state.replace(neighbors=nl.reallocate(
-            state.neighbors, state.positions, state.cell, overflowed=new_state.neighbors,
-            overflowed_cell=new_state.cell, headroom=0.1 * attempt))
+            tree_to_host(state.neighbors), to_host(state.positions), to_host(state.cell),
+            overflowed=tree_to_host(new_state.neighbors), overflowed_cell=to_host(new_state.cell),
+            headroom=0.1 * attempt))
+        state = shard_state(state, mesh)
     raise RuntimeError(f"neighbour list kept overflowing after {MAX_REALLOCATIONS} re-allocations; the system is "
                        "probably collapsing (atoms far closer than the cutoff); check the time step and structure")
 
@@ -188,8 +192,8 @@ def blow_up_reason(finite: bool, temperature: float, lengths, start_lengths, tar
 
 def blow_up_reasons(state: MDState, start_lengths, targets_K) -> list[str | None]:
     """:func:`blow_up_reason` for every replica of ``state`` (None where healthy)."""
-    finite, temp, lengths = (np.asarray(x) for x in _health_summary(state))
-    periodic = bool(np.all(np.abs(np.linalg.det(np.asarray(state.cell[:1], float))) > 1e-12))
+    finite, temp, lengths = (to_host(x) for x in _health_summary(state))
+    periodic = bool(np.all(np.abs(np.linalg.det(to_host(state.cell)[:1].astype(float))) > 1e-12))
     return [blow_up_reason(bool(finite[r]), float(temp[r]), lengths[r], start_lengths[r], float(targets_K[r]),
                            periodic) for r in range(state.n_replicas)]
 
@@ -222,9 +226,9 @@ class Chunk:
 def _run_reference(state: MDState):
     """Box lengths at the start and the temperature each replica should stay near: the
     thermostat's target, or the starting temperature for NVE."""
-    _, temp, lengths = (np.asarray(x) for x in _health_summary(state))
+    _, temp, lengths = (to_host(x) for x in _health_summary(state))
     targets = target_temperature_K(state.variables)
-    targets = temp if targets is None else np.asarray(targets, float)
+    targets = temp if targets is None else to_host(targets).astype(float)
     return lengths, targets
 
 
@@ -272,7 +276,7 @@ def chunks(integrator: Integrator, state: MDState, n_steps: int, *, chunk_size: 
         t0 = time.perf_counter()
         start = state
         state, records = run_chunk(integrator, state, k, record_fn, record_every, max_records=max_records)
-        records = None if records is None else jax.tree_util.tree_map(np.asarray, records)
+        records = None if records is None else tree_to_host(records)
         seconds = time.perf_counter() - t0
         done += k
         unhealthy = _newly_unhealthy(state, start, records, start_lengths, targets, health, reported) \
@@ -289,7 +293,7 @@ def chunks(integrator: Integrator, state: MDState, n_steps: int, *, chunk_size: 
                       seconds=seconds)
         yield chunk
         state = chunk.state
-        if state.active is not None and not bool(np.any(np.asarray(state.active))):
+        if state.active is not None and not bool(np.any(to_host(state.active))):
             return
 
 
@@ -297,7 +301,7 @@ def _newly_unhealthy(state, start, records, start_lengths, targets, health, repo
     """Replica index -> reason for running replicas found unhealthy now and not reported before."""
     reasons = blow_up_reasons(state, start_lengths, targets)
     extra = health(start, state, records) if health is not None else [None] * state.n_replicas
-    active = np.ones(state.n_replicas, bool) if state.active is None else np.asarray(state.active)
+    active = np.ones(state.n_replicas, bool) if state.active is None else to_host(state.active)
     found = {}
     for r in range(state.n_replicas):
         why = reasons[r] or extra[r]
@@ -361,10 +365,11 @@ def run(
     return state, jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *collected)
 
 
-def state_from_atoms(atoms, model, *, seed: int = 0, skin: float = 1.0, dtype=None):
+def state_from_atoms(atoms, model, *, seed: int = 0, skin: float = 1.0, dtype=None, devices=None):
     """Build ``(state, force_fn)`` from an ASE ``Atoms`` or a list of them (one per replica).
 
-    Momenta are taken from the atoms (zeros if unset). Units: ASE's.
+    Momenta are taken from the atoms (zeros if unset). ``devices`` shards the replicas over
+    devices (None: one device; see :mod:`jaxpto.sharding`). Units: ASE's.
     """
     from jaxpto.state import create_state
     from jaxpto.validation import check_same_atoms
@@ -378,5 +383,6 @@ def state_from_atoms(atoms, model, *, seed: int = 0, skin: float = 1.0, dtype=No
     momenta = np.stack([a.get_momenta() for a in atoms_list])
     first = atoms_list[0]
     state, force_fn = create_state(positions, cell, first.numbers, first.get_masses(), model, momenta,
-                                   seed=seed, skin=skin, dtype=dtype, pbc=tuple(bool(p) for p in first.pbc))
+                                   seed=seed, skin=skin, dtype=dtype, pbc=tuple(bool(p) for p in first.pbc),
+                                   devices=devices)
     return state, force_fn

@@ -96,13 +96,14 @@ ForceFn = Callable[[jax.Array, jax.Array, Any], tuple[ModelOutput, Any]]
 
 
 @functools.lru_cache(maxsize=128)
-def make_force_fn(model: Model, numbers: tuple[int, ...]) -> ForceFn:
+def make_force_fn(model: Model, numbers: tuple[int, ...], mesh=None) -> ForceFn:
     """Return ``force_fn(positions, cell, neighbors) -> (ModelOutput, neighbors)``.
 
     The neighbour list (if any) is refreshed on the device when atoms moved more
     than half the skin; overflow is recorded in the list, never silently dropped.
-    Cached per (model, atomic numbers), so integrators built from the same model
-    and system share one compiled program.
+    Cached per (model, atomic numbers, mesh), so integrators built from the same model
+    and system share one compiled program. With a replica ``mesh`` the list update and the model
+    call run per shard (:func:`jaxpto.sharding.sharded_force_fn`).
     """
     numbers = np.asarray(numbers, dtype=np.int32)
 
@@ -112,6 +113,10 @@ def make_force_fn(model: Model, numbers: tuple[int, ...]) -> ForceFn:
         out = model(positions, cell, numbers, neighbors)
         return out, neighbors
 
+    if mesh is not None:
+        from jaxpto.sharding import sharded_force_fn
+
+        return sharded_force_fn(force_fn, mesh)
     return force_fn
 
 
@@ -161,12 +166,15 @@ def create_state(
     dtype=None,
     neighbor_capacity_factor: float = 1.3,
     pbc=(True, True, True),
+    devices=None,
 ) -> tuple[MDState, ForceFn]:
     """Build the initial :class:`MDState` (with energy/forces/stress) and its force function.
 
     ``positions`` [R,N,3] or [N,3]; ``cell`` [R,3,3] or [3,3]; ``numbers``, ``masses`` [N];
     ``momenta`` like ``positions`` (zeros if None). ``dtype`` defaults to float64
-    when ``jax_enable_x64`` is on, else float32. Validates input before anything runs.
+    when ``jax_enable_x64`` is on, else float32. ``devices`` (None: one device; an int, a list
+    or ``"all"``) shards the replicas over devices (:mod:`jaxpto.sharding`).
+    Validates input before anything runs.
     """
     from jaxpto.validation import check_system
 
@@ -196,7 +204,13 @@ def create_state(
         step=jnp.zeros((), jnp.int32),
         active=jnp.ones((R,), bool),
     )
-    force_fn = make_force_fn(model, tuple(int(z) for z in numbers))
+    mesh = None
+    if devices is not None:
+        from jaxpto.sharding import replica_mesh, shard_state
+
+        mesh = replica_mesh(R, devices)
+        state = shard_state(state, mesh)
+    force_fn = make_force_fn(model, tuple(int(z) for z in numbers), mesh)
     state = _evaluate_jit(state, force_fn)
     return state, force_fn
 

@@ -78,6 +78,7 @@ from ase import units
 from flax import struct
 
 from jaxpto.integrators.base import Integrator, check_timestep
+from jaxpto.sharding import to_host
 from jaxpto.state import MDState, ForceFn, evaluate, per_replica
 
 
@@ -202,7 +203,7 @@ _TRIANGULAR_HELP = (
 
 def _check_triangular(cell) -> None:
     try:
-        h = np.asarray(cell)
+        h = to_host(cell)
     except Exception:  # traced inside jit: cannot check here
         return
     upper = (h[:, 1, 0] == 0) & (h[:, 2, 0] == 0) & (h[:, 2, 1] == 0)
@@ -391,7 +392,7 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
             v = v.replace(externalstress=jnp.asarray(_external_stress(externalstress, R), dtype))
         if temperature_K is not None:
             T = np.asarray(per_replica(temperature_K, R, "temperature_K", np.float64))
-            if np.any(T < 0) or np.any(np.asarray(v.thermostat) & (T <= 0)):
+            if np.any(T < 0) or np.any(to_host(v.thermostat) & (T <= 0)):
                 raise ValueError(f"temperature_K must be >= 0 (> 0 where the thermostat is on), got {T}")
             kT = jnp.asarray(units.kB * T, dtype)
             safe_ttime = jnp.where(v.thermostat, v.ttime, 1.0)

@@ -100,6 +100,7 @@ from jaxpto.integrators.nose_hoover_chain import (
     retarget_chain,
     exchange_chain,
 )
+from jaxpto.sharding import to_host
 from jaxpto.state import MDState, ForceFn, evaluate, kinetic_energy, kinetic_stress, per_replica, volume
 
 # ---------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def _npt_parameters(state: MDState, temperature_K, pressure_au, tdamp, pdamp):
 
 
 def _check_cell(state: MDState) -> None:
-    cell = np.asarray(state.cell)
+    cell = to_host(state.cell)
     if np.any(np.abs(np.linalg.det(cell)) < 1e-12):
         raise ValueError("NPT needs a periodic cell with three independent lattice vectors (non-zero volume)")
 

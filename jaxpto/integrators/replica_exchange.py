@@ -44,6 +44,7 @@ from ase import units
 from flax import struct
 
 from jaxpto.integrators.base import Integrator, target_kT
+from jaxpto.sharding import to_host
 from jaxpto.state import MDState, volume
 
 
@@ -147,7 +148,7 @@ def replica_exchange(integrator: Integrator, swap_interval: int, seed: int = 0) 
                                      last_end=zeros, round_trips=zeros,
                                      last_delta=jnp.full((R,), jnp.nan, state.positions.dtype),
                                      last_accepted=jnp.zeros((R,), bool))
-        temps = np.asarray(target_kT(state.variables)) / units.kB
+        temps = to_host(target_kT(state.variables)) / units.kB
         if len(np.unique(temps)) < R:
             raise ValueError(f"replica exchange needs a different temperature per replica, got {temps.tolist()} K")
         return state.replace(variables=_update_round_trips(v, jnp.argsort(target_kT(state.variables))))
@@ -196,9 +197,11 @@ def exchange_statistics(state: MDState, timestep: float | None = None) -> dict:
     """Host-side summary of a replica-exchange state: temperatures in rank order, acceptance per pair,
     walker in each slot, round trips per walker (and, with ``timestep`` in ASE time units, the mean
     round-trip time in ps over all walkers: elapsed time x walkers / completed trips)."""
-    v: ReplicaExchangeVariables = state.variables
-    if not isinstance(v, ReplicaExchangeVariables):
+    from jaxpto.sharding import tree_to_host
+
+    if not isinstance(state.variables, ReplicaExchangeVariables):
         raise TypeError("exchange_statistics needs a state initialised by replica_exchange(...).init")
+    v: ReplicaExchangeVariables = tree_to_host(state.variables)  # gathered from every device/process
     kT = np.asarray(target_kT(v.inner), float)
     order = np.argsort(kT)
     attempts = np.asarray(v.attempts)[order[:-1]]  # pair k = (rank k, rank k+1), stored at rank k's slot

@@ -40,6 +40,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from jaxpto.model import Model
 from jaxpto import simulate
+from jaxpto.sharding import is_main_process, shard_state, state_mesh, tree_to_host
 from jaxpto.state import MDState, temperature_K
 from jaxpto.workflows import phase as phase_mod
 from jaxpto.workflows.polarization import born_charges, find_cell_topology, mean_polarization
@@ -123,7 +124,7 @@ def study_nvt(**overrides) -> SweepProtocol:
 # ---------------------------------------------------------------------------------------------
 
 
-def _initial(model: Model, p: SweepProtocol, dtype):
+def _initial(model: Model, p: SweepProtocol, dtype, devices=None):
     from jaxpto.integrators import langevin, melchionna_npt, replica_exchange
     from jaxpto.simulate import state_from_atoms
 
@@ -137,7 +138,7 @@ def _initial(model: Model, p: SweepProtocol, dtype):
             warnings.simplefilter("ignore", DeprecationWarning)
             MaxwellBoltzmannDistribution(at, temperature_K=T, rng=np.random.default_rng([p.seed, i]))
         replicas.append(at)
-    state, force_fn = state_from_atoms(replicas, model, seed=p.seed, skin=p.skin, dtype=dtype)
+    state, force_fn = state_from_atoms(replicas, model, seed=p.seed, skin=p.skin, dtype=dtype, devices=devices)
     dt = p.timestep_fs * units.fs
     temps = list(p.temperatures_k)
     if p.ensemble == "npt":
@@ -191,7 +192,7 @@ def make_recorder(atoms0, p: SweepProtocol, dtype) -> Callable[[MDState], dict]:
 
 
 def _to_host(tree):
-    return jax.tree_util.tree_map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, tree)
+    return tree_to_host(tree)
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
@@ -268,7 +269,8 @@ class Progress:
 
 def run_sweep(model: Model, protocol: SweepProtocol, *, model_name: str | None = None,
               checkpoint: str | None = None, progress: bool = True, dtype=None,
-              relaxed_c_over_a: float | None = None, stop_after_chunks: int | None = None) -> dict:
+              relaxed_c_over_a: float | None = None, stop_after_chunks: int | None = None,
+              devices=None) -> dict:
     """Run one sweep (all temperatures batched) and return its results (JSON-ready) and time series.
 
     The chunks are :func:`jaxpto.simulate.chunks` (the one driver) with the "stop" policy: a replica
@@ -277,22 +279,24 @@ def run_sweep(model: Model, protocol: SweepProtocol, *, model_name: str | None =
     other temperatures go on, in the same compiled program.
     ``checkpoint``: file to resume from and to write after every chunk. ``stop_after_chunks``
     (for tests and for splitting work over job slots) returns early after that many chunks of this
-    call with ``result["finished"] = False``; calling again resumes.
+    call with ``result["finished"] = False``; calling again resumes. ``devices`` (None, an int, or
+    ``"all"``) shards the temperatures over devices, and over processes in a ``jax.distributed`` run
+    (:mod:`jaxpto.sharding`; the numbers are the same; only process 0 writes the checkpoint).
     Returns ``{"finished", "protocol", "replicas": [...], "series": {...numpy...}, "speed": {...}, ...}``.
     """
     p = protocol
     model_name = model_name or getattr(model, "name", "model")
     fp = p.fingerprint(model_name)
-    atoms0, state, integ = _initial(model, p, dtype)
+    atoms0, state, integ = _initial(model, p, dtype, devices)
     record = make_recorder(atoms0, p, state.positions.dtype)
     R = len(p.temperatures_k)
     run = _resume(checkpoint, fp) if checkpoint else None
     if run is None:
         run = _fresh_run(record, state, p, R)
-    if "state" in run:  # resumed
-        state = run.pop("state")
+    if "state" in run:  # resumed: on the fresh state's devices
+        state = shard_state(run.pop("state"), state_mesh(state))
     label = f"{p.ensemble.upper()} {model_name} ({R} T, {len(atoms0)} atoms)"
-    bar = Progress(label, p.steps, p.timestep_fs, enabled=progress)
+    bar = Progress(label, p.steps, p.timestep_fs, enabled=progress and is_main_process())
     start_lengths = np.broadcast_to(np.linalg.norm(np.asarray(atoms0.cell), axis=-1), (R, 3))
     first_call_chunk = True
     loop = simulate.chunks(integ, state, p.steps - run["done_steps"], chunk_size=p.chunk_steps, record_fn=record,
@@ -308,8 +312,10 @@ def run_sweep(model: Model, protocol: SweepProtocol, *, model_name: str | None =
             run["timing"]["steps"] += chunk.records["temperature"].shape[0] * p.record_every
         state = chunk.state
         if checkpoint:
-            save_checkpoint(checkpoint, {"fingerprint": fp, **run, "state": _to_host(state), "protocol": p.to_dict(),
-                                         "model": model_name})
+            host_state = _to_host(state)  # every process takes part in gathering the replicas
+            if is_main_process():
+                save_checkpoint(checkpoint, {"fingerprint": fp, **run, "state": host_state, "protocol": p.to_dict(),
+                                             "model": model_name})
         timing = run["timing"]
         bar.update(run["done_steps"], timing["steps"] / timing["seconds"] if timing["seconds"] > 0 else None)
         if stop_after_chunks is not None and n_chunks >= stop_after_chunks:

@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from jaxpto.sharding import is_main_process, to_host
 from jaxpto.workflows.dynamics import SweepProtocol, run_sweep, series_by_walker, study_npt, study_nvt
 
 SCHEMA = "jaxpto.pto-test/1"
@@ -134,8 +135,15 @@ def load_results(out: str) -> dict:
     return {"schema": SCHEMA, "models": []}
 
 
+def _silent(*args, **kwargs):
+    return None
+
+
 def write_results(out: str, data: dict) -> str:
-    """Write ``OUT/results.json`` atomically (a kill never leaves a truncated file)."""
+    """Write ``OUT/results.json`` atomically (a kill never leaves a truncated file); only process 0
+    of a multi-process run writes."""
+    if not is_main_process():
+        return os.path.join(out, "results.json")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "results.json")
     tmp = path + ".tmp"
@@ -274,6 +282,11 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
 
 
 def _save_series(out: str, name: str, ens: str, res: dict) -> None:
+    st = res.get("final_state")
+    if st is not None:  # gathering the replicas is collective: every process takes part
+        positions, cells, numbers = to_host(st.positions), to_host(st.cell), to_host(st.numbers)
+    if not is_main_process():
+        return
     d = os.path.join(out, slug(name))
     os.makedirs(d, exist_ok=True)
     np.savez_compressed(os.path.join(d, f"{ens}_series.npz"),
@@ -282,7 +295,6 @@ def _save_series(out: str, name: str, ens: str, res: dict) -> None:
                         **({f"{k}_by_walker": v for k, v in series_by_walker(res["series"]).items()}
                            if "walker" in res["series"] else {}))
     # Final configuration of every replica still running, as extended XYZ (ASE-readable).
-    st = res.get("final_state")
     if st is not None:
         from ase import Atoms
         from ase.io import write
@@ -290,8 +302,8 @@ def _save_series(out: str, name: str, ens: str, res: dict) -> None:
         temps = res["protocol"]["temperatures_k"]
         frames = []
         for i in res["active"]:  # the state holds every replica; stopped ones are not written
-            a = Atoms(numbers=np.asarray(st.numbers), positions=np.asarray(st.positions[i], float),
-                      cell=np.asarray(st.cell[i], float), pbc=True)
+            a = Atoms(numbers=numbers, positions=positions[i].astype(float),
+                      cell=cells[i].astype(float), pbc=True)
             a.info["temperature_k"] = temps[i]
             frames.append(a)
         if frames:
@@ -299,12 +311,16 @@ def _save_series(out: str, name: str, ens: str, res: dict) -> None:
 
 
 def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts=PARTS, progress: bool = True,
-                 dtype=None, log=print) -> dict:
+                 dtype=None, log=print, devices=None) -> dict:
     """Run the PTO-test for every model in ``models`` (names or paths), writing ``out``.
 
     ``parts``: any of ``static``, ``phonons``, ``npt``, ``nvt``, ``speed``. Parts already in
     ``out/results.json`` with the same protocol are skipped; interrupted sweeps resume.
+    ``devices``: shard the sweeps' temperatures over devices (and processes, in a
+    ``jax.distributed`` run: every process runs this function, process 0 writes the files).
     """
+    if not is_main_process():
+        log = _silent
     protocol = protocol or study_protocol()
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -348,7 +364,7 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
             elif part in ("npt", "nvt"):
                 sweep = protocol.npt if part == "npt" else protocol.nvt
                 ckpt = os.path.join(out, "checkpoints", f"{slug(name)}-{part}.pkl")
-                res = run_sweep(model, sweep, model_name=name, checkpoint=ckpt, progress=progress, dtype=dtype,
+                res = run_sweep(model, sweep, model_name=name, checkpoint=ckpt, progress=progress, dtype=dtype, devices=devices,
                                 relaxed_c_over_a=relaxed_ca)
                 _save_series(out, name, part, res)
                 entry[part] = res["replicas"]
@@ -365,6 +381,7 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
             log(f"[{name}] {part} done in {time.perf_counter() - t0:.1f} s")
     from jaxpto.workflows.report import write_report
 
-    write_report(out, data)
+    if is_main_process():
+        write_report(out, data)
     write_results(out, data)
     return data
