@@ -38,6 +38,18 @@ class LangevinVariables:
     friction: jax.Array  # [R] 1 / ASE time
 
 
+def langevin_coefficients(params: LangevinVariables, masses, dt: float):
+    """``c1 .. c5`` of the module docstring per replica and atom (``[R, N, 1]``), as ASE's ``updatevars``."""
+    fr = params.friction[:, None, None]
+    sigma = jnp.sqrt(2 * params.kT[:, None, None] * fr / masses[None, :, None])
+    c1 = dt / 2.0 - dt * dt * fr / 8.0
+    c2 = dt * fr / 2 - dt * dt * fr * fr / 8.0
+    c3 = jnp.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr * sigma / 8.0
+    c5 = dt**1.5 * sigma / (2 * jnp.sqrt(3.0))
+    c4 = fr / 2.0 * c5
+    return c1, c2, c3, c4, c5
+
+
 def langevin(force_fn: ForceFn, dt: float, fixcm: bool = True) -> Integrator:
     dt = check_timestep(dt)
 
@@ -63,20 +75,10 @@ def langevin(force_fn: ForceFn, dt: float, fixcm: bool = True) -> Integrator:
         t = v.kT / units.kB if temperature_K is None else temperature_K
         return state.replace(variables=variables(state, t, v.friction if friction is None else friction))
 
-    def coefficients(params: LangevinVariables, masses):
-        fr = params.friction[:, None, None]
-        sigma = jnp.sqrt(2 * params.kT[:, None, None] * fr / masses[None, :, None])
-        c1 = dt / 2.0 - dt * dt * fr / 8.0
-        c2 = dt * fr / 2 - dt * dt * fr * fr / 8.0
-        c3 = jnp.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr * sigma / 8.0
-        c5 = dt**1.5 * sigma / (2 * jnp.sqrt(3.0))
-        c4 = fr / 2.0 * c5
-        return c1, c2, c3, c4, c5
-
     def step(state: MDState) -> MDState:
         masses = state.masses[None, :, None]
         n = state.n_atoms
-        c1, c2, c3, c4, c5 = coefficients(state.variables, state.masses)
+        c1, c2, c3, c4, c5 = langevin_coefficients(state.variables, state.masses, dt)
         keys = jax.vmap(lambda k: jax.random.split(k, 3))(state.key)
         shape = state.positions.shape[1:]
         xi = jax.vmap(lambda k: jax.random.normal(k, shape, state.positions.dtype))(keys[:, 1])

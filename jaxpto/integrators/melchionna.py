@@ -379,29 +379,6 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
         return _initialize(state, kT, ext, ttime_a, pfactor_a, thermostat, barostat,
                            dt=dt, mask=tuple(mask_np.ravel().tolist()), frac_traceless=frac_traceless)
 
-    def set_parameters(state: MDState, temperature_K=None, externalstress=None) -> MDState:
-        """ASE's ``set_temperature`` and ``set_stress`` for a running state (K; eV/A^3, ASE sign).
-
-        As ASE's ``_calculateconstants``: a new temperature recomputes ``tfact``, ``desired_ekin``
-        and ``pfact = 1 / (pfactor det h)`` with the *current* cell; a new stress only replaces it.
-        """
-        v: MelchionnaVariables = state.variables
-        R, N = state.n_replicas, state.n_atoms
-        dtype = state.positions.dtype
-        if externalstress is not None:
-            v = v.replace(externalstress=jnp.asarray(_external_stress(externalstress, R), dtype))
-        if temperature_K is not None:
-            T = np.asarray(per_replica(temperature_K, R, "temperature_K", np.float64))
-            if np.any(T < 0) or np.any(to_host(v.thermostat) & (T <= 0)):
-                raise ValueError(f"temperature_K must be >= 0 (> 0 where the thermostat is on), got {T}")
-            kT = jnp.asarray(units.kB * T, dtype)
-            safe_ttime = jnp.where(v.thermostat, v.ttime, 1.0)
-            tfact = jnp.where(v.thermostat, 2.0 / (3 * N * kT * safe_ttime * safe_ttime), 0.0)
-            det_h = jnp.linalg.det(state.cell)
-            pfact = jnp.where(v.barostat, 1.0 / jnp.where(v.barostat, v.pfactor * det_h, 1.0), 0.0)
-            v = v.replace(kT=kT, tfact=tfact, pfact=pfact, desired_ekin=1.5 * (N - 1) * kT)
-        return state.replace(variables=v)
-
     def step(state: MDState) -> MDState:
         v: MelchionnaVariables = state.variables
         mask_j = jnp.asarray(mask_np, state.positions.dtype)
@@ -429,8 +406,32 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
         )
         return state.replace(momenta=momenta, variables=variables, step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="MelchionnaNPT", set_parameters=set_parameters,
+    return Integrator(init=init, step=step, name="MelchionnaNPT", set_parameters=melchionna_set_parameters,
                       exchange_variables=melchionna_exchange_variables)
+
+
+def melchionna_set_parameters(state: MDState, temperature_K=None, externalstress=None) -> MDState:
+    """ASE's ``set_temperature`` and ``set_stress`` for a running state (K; eV/A^3, ASE sign).
+
+    As ASE's ``_calculateconstants``: a new temperature recomputes ``tfact``, ``desired_ekin``
+    and ``pfact = 1 / (pfactor det h)`` with the *current* cell; a new stress only replaces it.
+    """
+    v: MelchionnaVariables = state.variables
+    R, N = state.n_replicas, state.n_atoms
+    dtype = state.positions.dtype
+    if externalstress is not None:
+        v = v.replace(externalstress=jnp.asarray(_external_stress(externalstress, R), dtype))
+    if temperature_K is not None:
+        T = np.asarray(per_replica(temperature_K, R, "temperature_K", np.float64))
+        if np.any(T < 0) or np.any(to_host(v.thermostat) & (T <= 0)):
+            raise ValueError(f"temperature_K must be >= 0 (> 0 where the thermostat is on), got {T}")
+        kT = jnp.asarray(units.kB * T, dtype)
+        safe_ttime = jnp.where(v.thermostat, v.ttime, 1.0)
+        tfact = jnp.where(v.thermostat, 2.0 / (3 * N * kT * safe_ttime * safe_ttime), 0.0)
+        det_h = jnp.linalg.det(state.cell)
+        pfact = jnp.where(v.barostat, 1.0 / jnp.where(v.barostat, v.pfactor * det_h, 1.0), 0.0)
+        v = v.replace(kT=kT, tfact=tfact, pfact=pfact, desired_ekin=1.5 * (N - 1) * kT)
+    return state.replace(variables=v)
 
 
 def melchionna_exchange_variables(moved: MDState, v: MelchionnaVariables, perm, ratio) -> MelchionnaVariables:

@@ -184,6 +184,90 @@ def _eig(p_g):
 
 
 # ---------------------------------------------------------------------------
+# Pieces of the full / masked cell step (mask: None or three booleans)
+# ---------------------------------------------------------------------------
+
+
+def _full_p_g(v: MTKVariables, mask):
+    if mask is None:
+        return v.p_cell
+    # sum_c p_c e_c (x) e_c  ==  ASE's (p_c * h0.T) @ h0
+    return jnp.einsum("rc,rca,rcb->rab", v.p_cell, v.basis, v.basis)
+
+
+def _cell_kinetic2(v: MTKVariables):
+    axes = tuple(range(1, v.p_cell.ndim))
+    return lambda p: jnp.sum(p**2, axis=axes) / v.W
+
+
+def _integrate_p_cell(state: MDState, v: MTKVariables, p, delta, mask):
+    """``p_g += delta G`` (exp(iL_g2 delta)); stress at the current positions/cell and momenta ``p``."""
+    masses = state.masses[None, :, None]
+    pressure_tensor = -(state.stress + kinetic_stress(p, state.masses, state.cell))
+    V = volume(state.cell)
+    kinetic_term = jnp.sum(p**2 / masses, axis=(1, 2)) / (3 * state.n_atoms)
+    eye = jnp.eye(3, dtype=p.dtype)
+    pv = V[:, None, None] * (pressure_tensor - v.pressure[:, None, None] * eye)
+    if mask is None:
+        G = pv + kinetic_term[:, None, None] * eye
+        return v.replace(p_cell=v.p_cell + delta * G)
+    gc = jnp.einsum("rca,rab,rcb->rc", v.basis, pv, v.basis) + kinetic_term[:, None]
+    return v.replace(p_cell=jnp.where(np.asarray(mask)[None, :], v.p_cell + delta * gc, v.p_cell))
+
+
+def _integrate_p(p, forces, lam, U, p_g, W, n_atoms, delta):
+    kappas = lam + jnp.trace(p_g, axis1=1, axis2=2)[:, None] / (3 * n_atoms)
+    a = (-kappas * delta / W[:, None])[:, None, :]
+    y = p @ U
+    sol = y * jnp.exp(a) + delta * (forces @ U) * exprel(a)
+    return sol @ jnp.swapaxes(U, 1, 2)
+
+
+def _integrate_q(q, p, masses, lam, U, W, delta):
+    a = (lam * delta / W[:, None])[:, None, :]
+    x = q @ U
+    y = p @ U
+    sol = x * jnp.exp(a) + delta * y / masses * exprel(a)
+    return sol @ jnp.swapaxes(U, 1, 2)
+
+
+def _integrate_h(h, lam, U, W, delta):
+    n = h @ U
+    sol = n * jnp.exp(lam * delta / W[:, None])[:, None, :]
+    return sol @ jnp.swapaxes(U, 1, 2)
+
+
+def mtk_set_parameters(state: MDState, temperature_K=None, pressure_au=None) -> MDState:
+    """New temperatures (K) and/or pressures (eV/A^3) for a running MTK state: chain masses and the
+    cell mass ``W`` (all proportional to ``kT``) rescaled; positions and momenta of chains and cell
+    carry on. (Both MTK variants.)"""
+    v = state.variables
+    if temperature_K is not None:
+        thermostat = retarget_chain(v.thermostat, temperature_K)
+        ratio = thermostat.kT / v.thermostat.kT
+        barostat = v.barostat.replace(kT=thermostat.kT, Q=v.barostat.Q * ratio[:, None])
+        v = v.replace(thermostat=thermostat, barostat=barostat, W=v.W * ratio)
+    if pressure_au is not None:
+        v = v.replace(pressure=per_replica(pressure_au, state.n_replicas, "pressure_au", v.W.dtype))
+    return state.replace(variables=v)
+
+
+def _exchange_full(moved, v: MTKVariables, perm, ratio):
+    """Replica exchange: chains as :func:`exchange_chain`; the cell velocity ``p_cell / W`` kept (``W`` ~ kT)."""
+    scale = (v.W / v.W[perm]).reshape((-1,) + (1,) * (v.p_cell.ndim - 1))
+    return v.replace(thermostat=exchange_chain(v.thermostat, perm), barostat=exchange_chain(v.barostat, perm),
+                     p_cell=v.p_cell[perm] * scale, basis=None if v.basis is None else v.basis[perm])
+
+
+def _exchange_isotropic(moved, v: IsotropicMTKVariables, perm, ratio):
+    """Replica exchange: chains as :func:`exchange_chain`; ``eps`` and its reference cell move with the
+    configuration, the velocity ``p_eps / W`` is kept (``W`` ~ kT)."""
+    return v.replace(thermostat=exchange_chain(v.thermostat, perm), barostat=exchange_chain(v.barostat, perm),
+                     eps=v.eps[perm], p_eps=v.p_eps[perm] * (v.W / v.W[perm]), cell0=v.cell0[perm],
+                     volume0=v.volume0[perm])
+
+
+# ---------------------------------------------------------------------------
 # Full / masked cell
 # ---------------------------------------------------------------------------
 
@@ -212,7 +296,6 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
         cell_dof = sum(mask)
         if cell_dof == 0:
             raise ValueError("mask=(False, False, False) freezes the cell: use nose_hoover_chain_nvt instead")
-        mask_arr = np.asarray(mask)
     else:
         cell_dof = 9
 
@@ -234,62 +317,6 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
                                  pressure=P, basis=basis)
         return state.replace(variables=variables)
 
-    def set_parameters(state: MDState, temperature_K=None, pressure_au=None) -> MDState:
-        """New temperatures (K) and/or pressures (eV/A^3) for a running state: chain masses and the cell
-        mass ``W`` (all proportional to ``kT``) rescaled; positions and momenta of chains and cell carry on."""
-        v = state.variables
-        if temperature_K is not None:
-            thermostat = retarget_chain(v.thermostat, temperature_K)
-            ratio = thermostat.kT / v.thermostat.kT
-            barostat = v.barostat.replace(kT=thermostat.kT, Q=v.barostat.Q * ratio[:, None])
-            v = v.replace(thermostat=thermostat, barostat=barostat, W=v.W * ratio)
-        if pressure_au is not None:
-            v = v.replace(pressure=per_replica(pressure_au, state.n_replicas, "pressure_au", v.W.dtype))
-        return state.replace(variables=v)
-
-    def full_p_g(v: MTKVariables):
-        if mask is None:
-            return v.p_cell
-        # sum_c p_c e_c (x) e_c  ==  ASE's (p_c * h0.T) @ h0
-        return jnp.einsum("rc,rca,rcb->rab", v.p_cell, v.basis, v.basis)
-
-    def cell_kinetic2(v: MTKVariables):
-        axes = tuple(range(1, v.p_cell.ndim))
-        return lambda p: jnp.sum(p**2, axis=axes) / v.W
-
-    def integrate_p_cell(state: MDState, v: MTKVariables, p, delta):
-        """``p_g += delta G`` (exp(iL_g2 delta)); stress at the current positions/cell and momenta ``p``."""
-        masses = state.masses[None, :, None]
-        pressure_tensor = -(state.stress + kinetic_stress(p, state.masses, state.cell))
-        V = volume(state.cell)
-        kinetic_term = jnp.sum(p**2 / masses, axis=(1, 2)) / (3 * state.n_atoms)
-        eye = jnp.eye(3, dtype=p.dtype)
-        pv = V[:, None, None] * (pressure_tensor - v.pressure[:, None, None] * eye)
-        if mask is None:
-            G = pv + kinetic_term[:, None, None] * eye
-            return v.replace(p_cell=v.p_cell + delta * G)
-        gc = jnp.einsum("rca,rab,rcb->rc", v.basis, pv, v.basis) + kinetic_term[:, None]
-        return v.replace(p_cell=jnp.where(mask_arr[None, :], v.p_cell + delta * gc, v.p_cell))
-
-    def integrate_p(p, forces, lam, U, p_g, W, n_atoms, delta):
-        kappas = lam + jnp.trace(p_g, axis1=1, axis2=2)[:, None] / (3 * n_atoms)
-        a = (-kappas * delta / W[:, None])[:, None, :]
-        y = p @ U
-        sol = y * jnp.exp(a) + delta * (forces @ U) * exprel(a)
-        return sol @ jnp.swapaxes(U, 1, 2)
-
-    def integrate_q(q, p, masses, lam, U, W, delta):
-        a = (lam * delta / W[:, None])[:, None, :]
-        x = q @ U
-        y = p @ U
-        sol = x * jnp.exp(a) + delta * y / masses * exprel(a)
-        return sol @ jnp.swapaxes(U, 1, 2)
-
-    def integrate_h(h, lam, U, W, delta):
-        n = h @ U
-        sol = n * jnp.exp(lam * delta / W[:, None])[:, None, :]
-        return sol @ jnp.swapaxes(U, 1, 2)
-
     def step(state: MDState) -> MDState:
         dt2 = dt / 2
         v: MTKVariables = state.variables
@@ -297,36 +324,30 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
         kin2 = atoms_kinetic2(state.masses)
         N = state.n_atoms
 
-        barostat, p_cell = chain_propagate(v.barostat, v.p_cell, cell_kinetic2(v), dt2, ploop)
+        barostat, p_cell = chain_propagate(v.barostat, v.p_cell, _cell_kinetic2(v), dt2, ploop)
         v = v.replace(barostat=barostat, p_cell=p_cell)
         thermostat, p = chain_propagate(v.thermostat, state.momenta, kin2, dt2, tloop)
         v = v.replace(thermostat=thermostat)
-        v = integrate_p_cell(state, v, p, dt2)
+        v = _integrate_p_cell(state, v, p, dt2, mask)
 
-        p_g = full_p_g(v)
+        p_g = _full_p_g(v, mask)
         lam, U = _eig(p_g)  # p_g is constant from here until the second iL_g2
-        p = integrate_p(p, state.forces, lam, U, p_g, v.W, N, dt2)
-        q = integrate_q(state.positions, p, masses, lam, U, v.W, dt)
-        h = integrate_h(state.cell, lam, U, v.W, dt)
+        p = _integrate_p(p, state.forces, lam, U, p_g, v.W, N, dt2)
+        q = _integrate_q(state.positions, p, masses, lam, U, v.W, dt)
+        h = _integrate_h(state.cell, lam, U, v.W, dt)
         state = evaluate(state, force_fn, positions=q, cell=h)
-        p = integrate_p(p, state.forces, lam, U, p_g, v.W, N, dt2)
+        p = _integrate_p(p, state.forces, lam, U, p_g, v.W, N, dt2)
 
-        v = integrate_p_cell(state, v, p, dt2)
+        v = _integrate_p_cell(state, v, p, dt2, mask)
         thermostat, p = chain_propagate(v.thermostat, p, kin2, dt2, tloop)
         v = v.replace(thermostat=thermostat)
-        barostat, p_cell = chain_propagate(v.barostat, v.p_cell, cell_kinetic2(v), dt2, ploop)
+        barostat, p_cell = chain_propagate(v.barostat, v.p_cell, _cell_kinetic2(v), dt2, ploop)
         v = v.replace(barostat=barostat, p_cell=p_cell)
         return state.replace(momenta=p, variables=v, step=state.step + 1)
 
     name = "MTKNPT" if mask is None else f"MaskedMTKNPT{mask}"
-    def exchange_variables(moved, v: MTKVariables, perm, ratio):
-        """Chains as :func:`exchange_chain`; the cell velocity ``p_cell / W`` kept (``W`` ~ kT)."""
-        scale = (v.W / v.W[perm]).reshape((-1,) + (1,) * (v.p_cell.ndim - 1))
-        return v.replace(thermostat=exchange_chain(v.thermostat, perm), barostat=exchange_chain(v.barostat, perm),
-                         p_cell=v.p_cell[perm] * scale, basis=None if v.basis is None else v.basis[perm])
-
-    return Integrator(init=init, step=step, name=name, set_parameters=set_parameters,
-                      exchange_variables=exchange_variables)
+    return Integrator(init=init, step=step, name=name, set_parameters=mtk_set_parameters,
+                      exchange_variables=_exchange_full)
 
 
 # ---------------------------------------------------------------------------
@@ -357,19 +378,6 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
         variables = IsotropicMTKVariables(thermostat=thermostat, barostat=barostat, eps=zeros, p_eps=zeros,
                                           W=W, pressure=P, cell0=state.cell, volume0=volume(state.cell))
         return state.replace(variables=variables)
-
-    def set_parameters(state: MDState, temperature_K=None, pressure_au=None) -> MDState:
-        """New temperatures (K) and/or pressures (eV/A^3) for a running state: chain masses and the cell
-        mass ``W`` (all proportional to ``kT``) rescaled; positions and momenta of chains and cell carry on."""
-        v = state.variables
-        if temperature_K is not None:
-            thermostat = retarget_chain(v.thermostat, temperature_K)
-            ratio = thermostat.kT / v.thermostat.kT
-            barostat = v.barostat.replace(kT=thermostat.kT, Q=v.barostat.Q * ratio[:, None])
-            v = v.replace(thermostat=thermostat, barostat=barostat, W=v.W * ratio)
-        if pressure_au is not None:
-            v = v.replace(pressure=per_replica(pressure_au, state.n_replicas, "pressure_au", v.W.dtype))
-        return state.replace(variables=v)
 
     def integrate_p_cell(state: MDState, v: IsotropicMTKVariables, p, delta):
         masses = state.masses[None, :, None]
@@ -412,15 +420,8 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
         v = v.replace(barostat=barostat, p_eps=p_eps)
         return state.replace(momenta=p, variables=v, step=state.step + 1)
 
-    def exchange_variables(moved, v: IsotropicMTKVariables, perm, ratio):
-        """Chains as :func:`exchange_chain`; ``eps`` and its reference cell move with the configuration,
-        the velocity ``p_eps / W`` is kept (``W`` ~ kT)."""
-        return v.replace(thermostat=exchange_chain(v.thermostat, perm), barostat=exchange_chain(v.barostat, perm),
-                         eps=v.eps[perm], p_eps=v.p_eps[perm] * (v.W / v.W[perm]), cell0=v.cell0[perm],
-                         volume0=v.volume0[perm])
-
-    return Integrator(init=init, step=step, name="IsotropicMTKNPT", set_parameters=set_parameters,
-                      exchange_variables=exchange_variables)
+    return Integrator(init=init, step=step, name="IsotropicMTKNPT", set_parameters=mtk_set_parameters,
+                      exchange_variables=_exchange_isotropic)
 
 
 # ---------------------------------------------------------------------------
