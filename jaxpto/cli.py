@@ -7,6 +7,9 @@
 * ``jaxpto relax | phonons | npt-sweep | nvt-polarization``: one part each, same options and the
   same ``results.json``.
 * ``jaxpto verify``: every integrator against ASE, step for step, in float64.
+* ``jaxpto check-model NAME|PATH``: is a model's energy, forces and stress one consistent,
+  invariant, batched function (finite differences, batched == single, rotation/translation,
+  a short NVE run)? One verdict table; ``--out`` writes it as JSON.
 
 Running the same command again resumes: finished parts are kept, interrupted sweeps continue.
 """
@@ -107,6 +110,31 @@ def _run_pto(args, parts, parser) -> int:
     return 0 if data["models"] else 1
 
 
+def _add_check_model(sub) -> None:
+    cm = sub.add_parser("check-model", help="check a model: forces = -dE/dr, stress = dE/dstrain, batched == single, "
+                                            "rotation/translation invariance, NVE drift")
+    cm.add_argument("model", help="model name or checkpoint path (`python -c 'import jaxpto; print(jaxpto.known_models())'`)")
+    cm.add_argument("--out", help="write the verdict table as JSON to this file")
+    cm.add_argument("--structure", help="ASE-readable structure to check on (default: a small strained, rattled "
+                                        "PbTiO3 cell, or an fcc cell of an element the model covers)")
+    cm.add_argument("--nve-steps", type=int, default=100, help="steps of the NVE run (1 fs each; default 100)")
+    cm.add_argument("--family", help="model family of a checkpoint file (default: detected)")
+    cm.add_argument("--device", help="torch device of a torch model (default: follows JAX's platform)")
+
+
+def _run_check_model(args, parser) -> int:
+    if args.nve_steps < 1:
+        parser.error("--nve-steps must be >= 1")
+    from jaxpto.workflows.model_check import main_check
+
+    kw = {k: v for k, v in (("family", args.family), ("device", args.device)) if v is not None}
+    try:
+        report = main_check(args.model, out=args.out, structure=args.structure, nve_steps=args.nve_steps, **kw)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return 0 if report.passed else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxpto", description="JAX-native molecular dynamics for ML force fields")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,7 +151,10 @@ def main(argv=None) -> int:
     for cmd, parts in PART_COMMANDS.items():
         sp = sub.add_parser(cmd, help=f"PTO-test part(s): {', '.join(parts)}")
         _add_pto_options(sp)
+    _add_check_model(sub)
     args = parser.parse_args(argv)
+    if args.command == "check-model":
+        return _run_check_model(args, parser)
     if args.command == "verify":
         if args.steps < 1 or args.size < 1:
             parser.error("--steps and --size must be >= 1")
