@@ -116,16 +116,7 @@ def _undirected_bonds(src, dst, image, n_nodes: int):
 
 
 @torch.no_grad()
-def build_graph(
-    positions: torch.Tensor,
-    cell: torch.Tensor,
-    edge_src: torch.Tensor,
-    edge_dst: torch.Tensor,
-    edge_shift: torch.Tensor,
-    edge_mask: torch.Tensor,
-    *,
-    bond_graph_cutoff: float,
-) -> ChgnetGraph:
+def build_graph(positions, cell, edge_src, edge_dst, edge_shift, edge_mask, *, bond_graph_cutoff: float) -> ChgnetGraph:
     """Build CHGNet's atom graph and bond (angle) graph from the engine's padded full edge list.
 
     The list is the bridge's (cut at the atom-graph cutoff). Everything stays on

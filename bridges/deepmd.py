@@ -66,6 +66,11 @@ guard also lets ``deepmd.calculator.DP`` work in the same process once this modu
 :func:`import_deepmd_pt` additionally restores the ``multiprocessing`` start method, which
 ``deepmd.pt.utils.env`` forces to ``"fork"`` for its training data loaders (forking a process
 running JAX's threads can deadlock; inference never forks).
+
+This module owns DeePMD's extended system (:meth:`DeePMDEFS.extended_system`), :class:`DeePMDEFS`,
+the import guard, reading DeePMD files and pretrained names (:func:`load`, :func:`looks_like`,
+:func:`pretrained_names`), :func:`efs_from_calculator`, :func:`model_identity` and
+:func:`ase_calculator`.
 """
 
 from __future__ import annotations

@@ -45,6 +45,11 @@ MACE-MP models) never uses, so the rebuilt model computes the same energies.
 ``import mace`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the process environment (mace-torch
 does this itself so that its pickled models load under torch >= 2.6). Model files are pickles:
 load only files you trust, as with MACE itself.
+
+This module owns MACE's input dictionary (:meth:`MACEEFS.graph`), :class:`MACEEFS`, reading MACE
+files (:func:`load_mace_module`, :func:`e3nn_legacy_unpickling`, :func:`looks_like`), the named
+models' cache (:func:`mace_cache_path`), :func:`load`, :func:`efs_from_calculator`,
+:func:`model_identity` and :func:`ase_calculator`.
 """
 
 from __future__ import annotations

@@ -192,18 +192,8 @@ def _wrap(positions: torch.Tensor, cell: torch.Tensor):
 
 
 @torch.no_grad()
-def build_graph(
-    positions: torch.Tensor,
-    cell: torch.Tensor,
-    edge_src: torch.Tensor,
-    edge_dst: torch.Tensor,
-    edge_shift: torch.Tensor,
-    edge_mask: torch.Tensor,
-    *,
-    radius: float,
-    max_num_neighbors: int | None,
-    dtype: torch.dtype = torch.float32,
-) -> OrbGraph:
+def build_graph(positions, cell, edge_src, edge_dst, edge_shift, edge_mask, *, radius: float,
+                max_num_neighbors: int | None, dtype: torch.dtype = torch.float32) -> OrbGraph:
     """ORB's radius graph with its per-sender nearest-first cap, from the engine's padded full edge list.
 
     Everything stays on ``positions.device``. The arithmetic is ORB's (``ase_atoms_to_atom_graphs``

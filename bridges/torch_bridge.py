@@ -34,6 +34,11 @@ XLA's without a device-wide synchronisation. On older JAX the bridge falls back 
 
 Integer inputs: JAX without x64 has no int64, so indices travel as int32 and are widened to int64
 on the torch side (a small copy); positions, cell, shifts and mask are zero-copy.
+
+This module owns the bridge (:func:`as_jax_model`, :class:`TorchBridge`), the edges of the
+contract (:func:`edges_from_neighbors`, the one cutoff filter) and the one rule for a torch
+model's float dtype and device (:func:`torch_float_dtype`, :func:`resolve_device`: the model
+follows JAX's platform unless the user says otherwise), which the registry and every family use.
 """
 
 from __future__ import annotations

@@ -134,6 +134,14 @@ def assert_agrees(got, ref, tol: Tolerance, n_atoms: int, label: str = "") -> No
     assert np.abs(ref[2]).max() > 1e-3
 
 
+def assert_efs_agrees(efs, calc, atoms, tol: Tolerance, label: str = "") -> None:
+    """The torch EFS called directly (one replica) has the contract's shapes and equals ``calc``."""
+    got = call_efs(efs, [atoms])
+    n = len(atoms)
+    assert got[0].shape == (1,) and got[1].shape == (1, n, 3) and got[2].shape == (1, 3, 3)
+    assert_agrees(got, reference(calc, atoms), tol, n, label)
+
+
 def assert_batched_equals_single(evaluate_fn, structures, tol: Tolerance, counter=None, distinct_digits=None,
                                  rtol: float = 0.0, per_atom: bool = True):
     """``evaluate_fn(structures)`` (one call, R replicas) equals ``evaluate_fn([s])`` for each structure.
