@@ -34,6 +34,11 @@ XLA's without a device-wide synchronisation. On older JAX the bridge falls back 
 
 Integer inputs: JAX without x64 has no int64, so indices travel as int32 and are widened to int64
 on the torch side (a small copy); positions, cell, shifts and mask are zero-copy.
+
+This module owns the bridge (:func:`as_jax_model`, :class:`TorchBridge`), the edges of the
+contract (:func:`edges_from_neighbors`, the one cutoff filter) and the one rule for a torch
+model's float dtype and device (:func:`torch_float_dtype`, :func:`resolve_device`: the model
+follows JAX's platform unless the user says otherwise), which the registry and every family use.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ try:  # JAX >= 0.6.1
 except Exception:  # pragma: no cover - exercised only on old JAX
     _buffer_callback = None
 
-__all__ = ["as_jax_model", "edges_from_neighbors", "TorchBridge"]
+__all__ = ["as_jax_model", "edges_from_neighbors", "resolve_device", "torch_float_dtype", "TorchBridge"]
 
 _DL_CUDA, _DL_ROCM = 2, 10  # DLPack device types
 
@@ -64,42 +69,49 @@ def _torch():
     return torch
 
 
-def _torch_dtype(dtype):
-    """``None``, a torch dtype, a numpy/JAX dtype or a name such as ``"float64"`` -> torch dtype."""
+def torch_float_dtype(dtype, family: str = "the model", default=None):
+    """The torch float dtype a bridge or a family's model computes in: float32 or float64.
+
+    ``None`` -> ``default`` (``None``: the caller's own default, e.g. the JAX arrays' dtype in
+    the bridge, the model's own precision in a family's loader); a torch dtype, a numpy/JAX
+    dtype or a name ("float64", "torch.float64") -> ``torch.float32``/``torch.float64``. Anything
+    else is a ``ValueError`` naming ``family``.
+    """
     if dtype is None:
-        return None
+        return default
     torch = _torch()
     if isinstance(dtype, torch.dtype):
-        return dtype
-    name = np.dtype(dtype).name
-    return {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-            "bfloat16": torch.bfloat16}[name]
-
-
-def resolve_device(device):
-    """The torch device a bridge loads its model on: ``None``/``"auto"`` -> CUDA where torch has
-    it, else the CPU; anything else as ``torch.device`` reads it ("cpu", "cuda:1", ...)."""
-    torch = _torch()
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def model_float_dtype(dtype, family: str):
-    """The torch float dtype a bridge runs its model in: float32 (default) or float64.
-
-    Accepts ``None``, a torch dtype, a numpy/JAX dtype or a name ("float64", "torch.float64");
-    anything else is a ``ValueError`` naming the ``family``.
-    """
-    torch = _torch()
-    if dtype is None or isinstance(dtype, torch.dtype):
-        out = torch.float32 if dtype is None else dtype
+        out = dtype
     else:
-        name = dtype.removeprefix("torch.") if isinstance(dtype, str) else np.dtype(dtype).name
+        try:
+            name = dtype.removeprefix("torch.") if isinstance(dtype, str) else np.dtype(dtype).name
+        except TypeError:
+            name = None
         out = {"float32": torch.float32, "float64": torch.float64}.get(name)
     if out not in (torch.float32, torch.float64):
         raise ValueError(f"unsupported dtype {dtype!r} for {family}; use float32 or float64")
     return out
+
+
+def resolve_device(device=None):
+    """The torch device a model runs on: the user's ``device`` ("cpu", "cuda:1", a ``torch.device``),
+    else (``None``/``"auto"``) JAX's platform: CUDA when JAX runs on a GPU and torch has CUDA,
+    else the CPU. One rule for the registry, every family's loader and the bridge.
+
+    For a CPU model the host allocator is tuned first (:func:`jaxpto.host_allocator.tune`, before
+    asking JAX for its backend starts XLA's threads; a no-op where it does not apply).
+    """
+    from jaxpto import host_allocator
+
+    torch = _torch()
+    if device is None or device == "auto":
+        host_allocator.tune()
+        on_gpu = jax.default_backend() in ("gpu", "cuda", "rocm")
+        return torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cpu":
+        host_allocator.tune()
+    return device
 
 
 def edges_from_neighbors(positions, cell, neighbors, cutoff: float):
@@ -162,7 +174,7 @@ class TorchBridge:
             from bridges import gpu_memory
 
             gpu_memory.share_gpu_with_torch(self.device)  # effective only before JAX's GPU client starts
-        self.dtype = _torch_dtype(dtype)
+        self.dtype = torch_float_dtype(dtype, "the torch bridge")
         self.n_calls = 0
         self.torch_seconds = 0.0
         self.trace: list | None = None

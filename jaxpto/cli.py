@@ -10,6 +10,9 @@
 * ``jaxpto export-lammps MODEL --out DIR``: a LAMMPS run folder (a ``pair_style jax/kk`` bundle for
   JAX-native models, the family's own pair style for torch models) with the PTO-test's NPT/NVT
   protocols as LAMMPS decks (:mod:`jaxpto.workflows.lammps_export`).
+* ``jaxpto check-model NAME|PATH``: is a model's energy, forces and stress one consistent,
+  invariant, batched function (finite differences, batched == single, rotation/translation,
+  a short NVE run)? One verdict table; ``--out`` writes it as JSON.
 
 Running the same command again resumes: finished parts are kept, interrupted sweeps continue.
 """
@@ -218,6 +221,31 @@ def _run_export_lammps(args, parser) -> int:
     return 0
 
 
+def _add_check_model(sub) -> None:
+    cm = sub.add_parser("check-model", help="check a model: forces = -dE/dr, stress = dE/dstrain, batched == single, "
+                                            "rotation/translation invariance, NVE drift")
+    cm.add_argument("model", help="model name or checkpoint path (`python -c 'import jaxpto; print(jaxpto.known_models())'`)")
+    cm.add_argument("--out", help="write the verdict table as JSON to this file")
+    cm.add_argument("--structure", help="ASE-readable structure to check on (default: a small strained, rattled "
+                                        "PbTiO3 cell, or an fcc cell of an element the model covers)")
+    cm.add_argument("--nve-steps", type=int, default=100, help="steps of the NVE run (1 fs each; default 100)")
+    cm.add_argument("--family", help="model family of a checkpoint file (default: detected)")
+    cm.add_argument("--device", help="torch device of a torch model (default: follows JAX's platform)")
+
+
+def _run_check_model(args, parser) -> int:
+    if args.nve_steps < 1:
+        parser.error("--nve-steps must be >= 1")
+    from jaxpto.workflows.model_check import main_check
+
+    kw = {k: v for k, v in (("family", args.family), ("device", args.device)) if v is not None}
+    try:
+        report = main_check(args.model, out=args.out, structure=args.structure, nve_steps=args.nve_steps, **kw)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return 0 if report.passed else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxpto", description="JAX-native molecular dynamics for ML force fields")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +263,7 @@ def main(argv=None) -> int:
         sp = sub.add_parser(cmd, help=f"PTO-test part(s): {', '.join(parts)}")
         _add_pto_options(sp)
     _add_export_lammps(sub)
+    _add_check_model(sub)
     args = parser.parse_args(argv)
     if getattr(args, "coordinator", None) or getattr(args, "num_processes", None) is not None:
         if not (args.coordinator and args.num_processes and args.process_id is not None):
@@ -252,6 +281,8 @@ def main(argv=None) -> int:
                                    f" --xla_force_host_platform_device_count={args.local_devices}").strip()
     if args.command == "export-lammps":
         return _run_export_lammps(args, parser)
+    if args.command == "check-model":
+        return _run_check_model(args, parser)
     if args.command == "verify":
         if args.steps < 1 or args.size < 1:
             parser.error("--steps and --size must be >= 1")

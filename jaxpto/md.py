@@ -112,188 +112,36 @@ BRIDGE_E_TOL, BRIDGE_F_TOL, BRIDGE_S_TOL = 2e-4, 2e-3, 5e-5
 # Forces from atoms.calc
 # ---------------------------------------------------------------------------
 
-def _jax_twin(calc):
-    """The JAX-native model of ASE's EMT / LennardJones / MorsePotential with the same parameters, or None."""
-    from ase.calculators.emt import EMT
-    from ase.calculators.lj import LennardJones
-    from ase.calculators.morse import MorsePotential
-
-    p = dict(calc.parameters)
-    if type(calc) is EMT:
-        from jaxpto.potentials.emt import emt
-        return emt(asap_cutoff=bool(p.get("asap_cutoff", False)))
-    if type(calc) is LennardJones:
-        from jaxpto.potentials.pair import lennard_jones
-        return lennard_jones(sigma=p.get("sigma", 1.0), epsilon=p.get("epsilon", 1.0), rc=p.get("rc"),
-                             ro=p.get("ro"), smooth=bool(p.get("smooth", False)))
-    if type(calc) is MorsePotential:
-        from jaxpto.potentials.pair import morse
-        return morse(epsilon=p.get("epsilon", 1.0), r0=p.get("r0", 1.0), rho0=p.get("rho0", 6.0),
-                     rcut1=p.get("rcut1", 1.9), rcut2=p.get("rcut2", 2.7))
-    return None
-
-
-# Tolerances of the bridge check on the first configuration (float32 torch models).
-# Tolerances of the first-configuration check of a bridged model against its own calculator
-# (eV/atom, eV/A, eV/A^3). They catch a wrong model (other weights or head: differences of
-# 1e-2 eV/atom and more), not float32 noise: the bridge forms float32 edge vectors from
-# float32 absolute positions while the calculators form them in float64 and then round, which
-# for the 625-atom PbTiO3 box (20 A) gave |dE| = 2.7e-5 eV/atom with 7net-0 (measured).
-BRIDGE_E_TOL, BRIDGE_F_TOL, BRIDGE_S_TOL = 2e-4, 2e-3, 5e-5
-
-_SEVENNET_CALC_EFS = None  # the class below, built on first use (imports torch and sevenn)
-
-
-def _sevennet_calculator_efs_class():
-    """:class:`bridges.sevenn.SevenNetEFS` around a SevenNetCalculator's loaded network (built lazily)."""
-    global _SEVENNET_CALC_EFS
-    if _SEVENNET_CALC_EFS is not None:
-        return _SEVENNET_CALC_EFS
-    import torch
-    from bridges.sevenn import SevenNetEFS
-
-    class SevenNetCalculatorEFS(SevenNetEFS):
-        """SevenNetEFS on ``calc.model`` itself (no checkpoint load; ``SevenNetEFS.__init__`` only loads).
-
-        ``SevenNetEFS.__call__`` needs exactly the attributes set here. The calculator keeps its
-        network in single-graph mode (``set_is_batch_data(False)``) while the bridge feeds one
-        batched graph, so the mode is switched to batched for the duration of each bridge call and
-        switched back afterwards (the calculator itself keeps working on the same object).
-        """
-
-        def __init__(self, calc):
-            import sevenn._keys as KEY
-
-            self._KEY = KEY
-            self.model = calc.model
-            self.device = torch.device(calc.device)
-            self.dtype = torch.float32
-            self.cutoff = float(calc.cutoff)
-            self.elements = frozenset(int(z) for z in calc.type_map)
-            self._z_known = torch.zeros(128, dtype=torch.bool, device=self.device)
-            self._z_known[torch.tensor(sorted(self.elements), device=self.device)] = True
-            self.modal = calc.modal
-            self.name = "SevenNetCalculator.model" + (f"[{self.modal}]" if self.modal else "")
-
-        def __call__(self, *args):
-            net = self.model
-            previous = bool(getattr(net, "is_batch_data", False))
-            net.set_is_batch_data(True)
-            try:
-                return super().__call__(*args)
-            finally:
-                net.set_is_batch_data(previous)
-
-    _SEVENNET_CALC_EFS = SevenNetCalculatorEFS
-    return SevenNetCalculatorEFS
-
-
-def _torch_bridge_efs(calc):
-    """A torch EFS object (see :mod:`bridges.torch_bridge`) on ``calc``'s already loaded model, or None.
-
-    * ``sevenn.calculator.SevenNetCalculator`` (any checkpoint: 7net-0, 7net-l3i5, 7net-mf-0 with
-      the calculator's ``modal``, ...): ``bridges.sevenn.SevenNetEFS`` can only load a checkpoint,
-      so a subclass reuses ``calc.model`` (the same ``AtomGraphSequential`` object), its
-      ``cutoff``, ``type_map``, ``modal`` and ``device``; float32 (SevenNet's only dtype).
-    * ``chgnet.model.dynamics.CHGNetCalculator``: ``bridges.chgnet.CHGNetEFS(calc.model, ...)``
-      takes a loaded CHGNet directly, on ``calc.device`` in the model's own parameter dtype.
-      (``CHGNetEFS`` puts the model in ``eval()`` mode and freezes its parameters,
-      ``requires_grad=False``; inference, the calculator's own results, is unaffected.)
-
-    * MACE (``MACECalculator``), ORB (``ORBCalculator``), matgl (``PESCalculator``) and DeePMD
-      (``deepmd.calculator.DP``): ``bridges.<family>.efs_from_calculator(calc)`` reuses the
-      calculator's loaded network with its settings (head, radius and neighbour cap, units, ...).
-
-    Only these exact classes (not subclasses, which may compute something else); the module is
-    looked at first so that neither torch nor the model package is imported for other calculators.
-    """
-    module = type(calc).__module__ or ""
-    if module.startswith("sevenn"):
-        from sevenn.calculator import SevenNetCalculator
-        from sevenn.nn.sequential import AtomGraphSequential
-
-        if type(calc) is not SevenNetCalculator or not isinstance(calc.model, AtomGraphSequential):
-            return None
-        return _sevennet_calculator_efs_class()(calc)
-    if module.startswith("chgnet"):
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        if type(calc) is not CHGNetCalculator:
-            return None
-        from bridges.chgnet import CHGNetEFS
-
-        model = calc.model
-        dtype = next(model.parameters()).dtype
-        version = getattr(model, "version", None)
-        name = f"CHGNetCalculator.model[{version}]" if version else "CHGNetCalculator.model"
-        return CHGNetEFS(model, name=name, device=calc.device, dtype=dtype)
-    # MACE, ORB, matgl, DeePMD: each bridge module knows its own calculator classes.
-    for prefix, family in (("mace", "mace"), ("orb_models", "orb"), ("matgl", "matgl"), ("deepmd", "deepmd")):
-        if module.startswith(prefix):
-            from bridges.registry import family_module
-
-            hook = getattr(family_module(family), "efs_from_calculator", None)
-            return None if hook is None else hook(calc)
-    return None
-
-
-def _bridge_settings(calc):
-    """What, beyond the model object, makes two calculators of one kind compute the same thing."""
-    # MACECalculator keeps its network in ``models`` (a list), matgl's PESCalculator in ``potential``.
-    model = getattr(calc, "model", None) or (getattr(calc, "models", None) or [None])[0]
-    return (type(calc), id(model), id(getattr(calc, "potential", None)),
-            getattr(calc, "modal", None), getattr(calc, "stress_weight", None),
-            getattr(calc, "conversion_factor", None), getattr(calc, "head", None),
-            getattr(calc, "default_dtype", None), getattr(calc, "max_num_neighbors", None),
-            getattr(calc, "conservative", None), repr(getattr(calc, "system_config", None)),
-            id(getattr(calc, "dp", None)), tuple(sorted((getattr(calc, "type_dict", None) or {}).items())))
-
-
-
-
 def _resolve_replicas(atoms_list):
-    """``(model, kind)`` shared by every replica's calculator, or ``(None, "callback")``.
+    """``(model, kind)`` shared by every replica's calculator (:func:`bridges.from_calculator`, the one
+    model resolver), or ``(None, "callback")`` for calculators no family knows.
 
-    Raises ``ValueError`` before any step if the replicas' calculators compute different
-    things (a shared compiled model would silently give every replica replica 0's forces).
+    Raises ``ValueError`` before any step if the replicas' calculators compute different things (a
+    shared compiled model would silently give every replica replica 0's forces).
     """
+    from bridges import calculator_identity, from_calculator
+
     calcs = [a.calc for a in atoms_list]
     if any(c is None for c in calcs):
         r = next(i for i, c in enumerate(calcs) if c is None)
         raise RuntimeError(f"The atoms have no calculator (replica {r}): set atoms.calc before running dynamics")
-    resolved = [_resolve_one(c) for c in calcs]
-    first = resolved[0]
-    if first is None:
+    identities = [calculator_identity(c) for c in calcs]
+    if identities[0] is None:
         return None, "callback"
-    differ = [r for r, res in enumerate(resolved) if res is None or res[2] != first[2]]
+    differ = [r for r, ident in enumerate(identities) if ident != identities[0]]
     if differ:
         raise ValueError(
             f"jaxpto.md: the calculators of replica(s) {differ} compute something different from replica 0's "
             f"({type(calcs[0]).__name__} with other parameters, another model or another kind); one batched "
             "program needs one model for all replicas. Give every replica the same calculator (or equal "
             "parameters), or run the different models as separate dynamics objects.")
-    return first[0], first[1]
-
-
-def _resolve_one(calc):
-    """``(model, kind, identity)`` for one calculator, or None for the host callback."""
-    from jaxpto.calculator import JaxptoCalculator
-
-    if isinstance(calc, JaxptoCalculator):
-        return calc.model, "jaxpto", ("jaxpto", id(calc.model))
-    twin = _jax_twin(calc)
-    if twin is not None:
-        return twin, "twin", (type(calc), repr(sorted(dict(calc.parameters).items())))
     try:
-        efs = _torch_bridge_efs(calc)
+        resolved = from_calculator(calcs[0])
     except Exception as exc:  # an unusual model object, ...
-        warnings.warn(f"jaxpto.md: could not put {type(calc).__name__}'s model on the torch bridge "
-                      f"({type(exc).__name__}: {exc}); falling back to the callback", stacklevel=5)
-        return None
-    if efs is None:
-        return None
-    from bridges.torch_bridge import as_jax_model
-    return as_jax_model(efs, device=str(efs.device), dtype=efs.dtype), "bridge", _bridge_settings(calc)
+        warnings.warn(f"jaxpto.md: could not put {type(calcs[0]).__name__}'s model on the engine "
+                      f"({type(exc).__name__}: {exc}); falling back to the callback", stacklevel=4)
+        return None, "callback"
+    return (None, "callback") if resolved is None else (resolved.model, resolved.kind)
 
 
 def _checked_state(dyn, model, kind):
@@ -310,7 +158,8 @@ def _checked_state(dyn, model, kind):
         return state, force_fn, kind
     if kind != "twin":  # a twin that does not apply (e.g. an element EMT lacks) falls back quietly
         calc = dyn._atoms_list[0].calc
-        warnings.warn(f"jaxpto.md: the torch bridge of {type(calc).__name__}'s model does not reproduce the "
+        warnings.warn(f"jaxpto.md: the {'torch bridge' if kind == 'bridge' else 'JAX-native model'} of "
+                      f"{type(calc).__name__}'s model does not reproduce the "
                       f"calculator on the first configuration ({why}); falling back to the callback", stacklevel=4)
     return None, None, "callback"
 
@@ -553,7 +402,7 @@ class _JaxDynamics(IOContext):
 
         model, kind = _resolve_replicas(self._atoms_list)
         state = force_fn = None
-        if kind in ("twin", "bridge"):
+        if kind in ("twin", "bridge", "native"):
             state, force_fn, kind = _checked_state(self, model, kind)
         if kind == "callback":
             calc = self._atoms_list[0].calc

@@ -210,39 +210,6 @@ def run_phonons(model, protocol: PTOProtocol, static: dict) -> dict:
                        npoints=protocol.phonon_npoints)
 
 
-def ase_calculator(name: str, model):
-    """The model's own ASE calculator (the study's method) for the speed comparison, and its kind."""
-    from bridges.registry import KNOWN_MODELS
-
-    fam = KNOWN_MODELS.get(str(name).lower(), (None,))[0]
-    if fam == "sevenn":
-        from sevenn.calculator import SevenNetCalculator
-
-        kw = {"modal": "PBE"} if name.lower() == "7net-mf-0" else {}
-        return SevenNetCalculator(name.lower(), device="cpu" if model_device_is_cpu() else "cuda", **kw), "SevenNetCalculator"
-    if fam == "chgnet":
-        from chgnet.model import CHGNet
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        version = name.lower().split("-", 1)[1]
-        return CHGNetCalculator(CHGNet.load(model_name=version, verbose=False), use_device=None), "CHGNetCalculator"
-    if fam is not None and fam != "jax":
-        from bridges.registry import family_module
-
-        hook = getattr(family_module(fam), "ase_calculator", None)
-        if hook is not None:
-            return hook(name), f"{fam} ASE calculator"
-    from jaxpto.calculator import JaxptoCalculator
-
-    return JaxptoCalculator(model), "JaxptoCalculator (no own ASE calculator)"
-
-
-def model_device_is_cpu() -> bool:
-    import jax
-
-    return jax.default_backend() == "cpu"
-
-
 def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     """jaxpto vs ASE, same model, same 1-replica NPT on the NPT supercell, timed in one run."""
     from ase import units
@@ -267,8 +234,10 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         MaxwellBoltzmannDistribution(atoms, temperature_K=T, rng=np.random.default_rng(p.seed))
-    calc, kind = ase_calculator(name, model)
-    atoms.calc = calc
+    from bridges.registry import ase_calculator
+
+    atoms.calc = ase_calculator(name)  # the model family's own ASE calculator (the study's method)
+    kind = type(atoms.calc).__name__
     dyn = AseNPT(atoms, p.timestep_fs * units.fs, temperature_K=T, ttime=p.ttime_fs * units.fs,
                  pfactor=p.pfactor, externalstress=0.0, mask=np.eye(3))
     dyn.run(1)  # first call: model set-up, kept out of the timing as for jaxpto
