@@ -270,3 +270,308 @@ def test_empty_atoms_through_the_calculator():
         atoms.get_potential_energy()
     with pytest.raises(ValueError, match="no atoms"):
         JaxptoCalculator(emt()).calculate_batch([atoms])
+
+
+def test_random_file_loaded_as_chgnet_names_the_file_and_family(tmp_path):
+    from jaxpto import load_model
+
+    junk = tmp_path / "model.pth.tar"
+    junk.write_bytes(b"\x13" + np.random.default_rng(0).bytes(4095))
+    with pytest.raises(ValueError, match=r"model\.pth\.tar.* is not a chgnet model file"):
+        load_model(str(junk), family="chgnet")
+    # starts like a pickle: the family's loader fails, and the error still names the file and family
+    junk.write_bytes(b"\x80\x02" + np.random.default_rng(1).bytes(4094))
+    with pytest.raises(ValueError, match=r"could not load .*model\.pth\.tar.* as a chgnet model"):
+        load_model(str(junk), family="chgnet")
+
+
+def test_unknown_model_name_suggests_the_closest():
+    from jaxpto import load_model
+
+    with pytest.raises(ValueError, match=r"unknown model 'chgnet-0\.3'.*did you mean chgnet-0\.3\.0"):
+        load_model("chgnet-0.3")
+    with pytest.raises(ValueError, match=r"did you mean orb-v2"):
+        load_model("orbv2")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Checkpoints: data only, checked on load, written atomically
+# ---------------------------------------------------------------------------------------------
+
+SWEEP_LJ = lennard_jones(sigma=1.8, epsilon=0.02, rc=4.5, smooth=True)
+
+
+def _sweep(**kw):
+    from jaxpto.workflows.dynamics import study_npt
+
+    base = dict(temperatures_k=(300.0, 600.0), supercell=2, steps=40, chunk_steps=10, record_every=5,
+                average_last_ps=0.04, skin=0.5)
+    base.update(kw)
+    return study_npt(**base)
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    """A checkpoint of an NPT sweep after 2 of its 4 chunks, and the uninterrupted run's series."""
+    from jaxpto.workflows.dynamics import run_sweep
+
+    path = str(tmp_path_factory.mktemp("ckpt") / "npt.ckpt")
+    part = run_sweep(SWEEP_LJ, _sweep(), progress=False, dtype=np.float64, checkpoint=path, stop_after_chunks=2)
+    assert part["done_steps"] == 20
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _damaged(kind, good: bytes) -> bytes:
+    import pickle
+
+    if kind == "empty":
+        return b""
+    if kind == "truncated":
+        return good[: len(good) // 2]
+    if kind == "random":
+        return np.random.default_rng(2).bytes(len(good))
+    if kind == "wrong-type":  # another program's pickle (the old format was a pickle)
+        return pickle.dumps(["not", "a", "checkpoint"])
+    if kind == "json":
+        return b'{"schema": "jaxpto.pto-test/1", "models": []}'
+    if kind == "flipped-bit":
+        bad = bytearray(good)
+        bad[len(bad) // 2] ^= 0x10
+        return bytes(bad)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "random", "wrong-type", "json", "flipped-bit"])
+def test_damaged_checkpoint_is_a_clear_error_naming_the_file(kind, saved_checkpoint, tmp_path):
+    from jaxpto.workflows.dynamics import run_sweep
+
+    path = tmp_path / f"damaged-{kind}.ckpt"
+    path.write_bytes(_damaged(kind, saved_checkpoint))
+    with pytest.raises(ValueError, match=rf"checkpoint {path}.*delete it to restart the sweep"):
+        run_sweep(SWEEP_LJ, _sweep(), progress=False, dtype=np.float64, checkpoint=str(path))
+
+
+def _rewrite(path, good: bytes, change):
+    """The checkpoint ``good`` with ``change(members)`` applied, re-packed as a valid zip (what an edit
+    or a bit flip before the archive's CRCs were computed produces); header and checksum kept."""
+    import io
+
+    with np.load(io.BytesIO(good), allow_pickle=False) as npz:
+        members = {k: npz[k] for k in npz.files}
+    change(members)
+    with open(path, "wb") as fh:
+        np.savez(fh, **members)
+
+
+def test_checkpoint_with_a_flipped_bit_in_the_integrator_variables_fails_its_checksum(saved_checkpoint, tmp_path):
+    from jaxpto.workflows.dynamics import run_sweep
+
+    def flip(members):
+        zeta = members["state.variables.zeta"].copy()
+        zeta.view(np.uint64)[0] ^= np.uint64(1 << 40)
+        members["state.variables.zeta"] = zeta
+
+    path = tmp_path / "flipped.ckpt"
+    _rewrite(path, saved_checkpoint, flip)
+    with pytest.raises(ValueError, match=r"fails its SHA-256 checksum"):
+        run_sweep(SWEEP_LJ, _sweep(), progress=False, dtype=np.float64, checkpoint=str(path))
+
+
+def test_checkpoint_that_does_not_fit_the_sweep(saved_checkpoint, tmp_path):
+    """Intact file, other state layout (float32 run resumed as float64): named, not a crash later on."""
+    from jaxpto.workflows.checkpoint import CheckpointError, read_checkpoint
+    from jaxpto.workflows.dynamics import _initial
+
+    path = tmp_path / "ok.ckpt"
+    path.write_bytes(saved_checkpoint)
+    _, state64, _ = _initial(SWEEP_LJ, _sweep(), np.float64)
+    header, arrays, state = read_checkpoint(str(path), state64)
+    assert header["done_steps"] == 20 and header["version"] == 2
+    np.testing.assert_array_equal(np.asarray(state.variables.zeta), arrays_zeta(saved_checkpoint))
+    _, state32, _ = _initial(SWEEP_LJ, _sweep(), np.float32)
+    with pytest.raises(CheckpointError, match=r"does not fit this sweep's state: state.positions is float64 in the "
+                                              r"checkpoint, float32 in this sweep"):
+        read_checkpoint(str(path), state32)
+
+
+def arrays_zeta(good: bytes):
+    import io
+
+    with np.load(io.BytesIO(good), allow_pickle=False) as npz:
+        return npz["state.variables.zeta"]
+
+
+def test_checkpoint_is_data_only(saved_checkpoint, tmp_path):
+    """Every member loads with allow_pickle=False (no object arrays), the header is JSON."""
+    import io
+    import json
+
+    with np.load(io.BytesIO(saved_checkpoint), allow_pickle=False) as npz:
+        members = {k: npz[k] for k in npz.files}
+    assert all(m.dtype != object for m in members.values())
+    header = json.loads(members["header"].tobytes())
+    assert header["format"] == "jaxpto.sweep-checkpoint" and header["state"]["class"] == "MDState"
+    assert len(members["checksum"].tobytes()) == 64  # SHA-256, hex
+
+
+def test_full_disk_keeps_the_old_checkpoint_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from jaxpto.workflows.checkpoint import read_header
+    from jaxpto.workflows.dynamics import run_sweep
+
+    path = tmp_path / "npt.ckpt"
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) >= 2:  # the second checkpoint hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match=rf"could not write {path}: No space left on device"):
+        run_sweep(SWEEP_LJ, _sweep(), progress=False, dtype=np.float64, checkpoint=str(path))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["npt.ckpt"]
+    assert read_header(str(path))["done_steps"] == 10
+
+
+def test_results_writer_leaves_no_temporary_file(tmp_path):
+    from jaxpto.workflows.pto_test import SCHEMA, write_results
+
+    write_results(str(tmp_path), {"schema": SCHEMA, "models": []})
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(TypeError):
+        write_results(str(tmp_path), {"schema": SCHEMA, "models": [object()]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert (tmp_path / "results.json").read_text() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 5./6. Several parts in one --out, averaging windows; the command line
+# ---------------------------------------------------------------------------------------------
+
+LJ_ARGS = ["--model", "lj", "--supercell", "2", "--chunk-steps", "10", "--record-every", "5", "--no-progress",
+           "--dtype", "float64"]
+
+
+def test_each_part_keeps_its_own_protocol(tmp_path, capsys):
+    """npt-sweep (40 steps, 300/600 K) then nvt-polarization (20 steps, 900 K) into one --out: each part's
+    results carry the protocol they ran with, the report's sections say so; the default 50 ps window
+    is cut to the short runs with a loud warning."""
+    import json
+
+    from jaxpto.cli import main
+
+    out = str(tmp_path / "out")
+    with pytest.warns(RuntimeWarning, match="averaging window cut"):
+        assert main(["npt-sweep", *LJ_ARGS, "--steps", "40", "--temperatures", "300,600", "--out", out]) == 0
+    with pytest.warns(RuntimeWarning, match="averaging window cut"):
+        assert main(["nvt-polarization", *LJ_ARGS, "--steps", "20", "--temperatures", "900", "--out", out]) == 0
+    (m,) = json.load(open(f"{out}/results.json"))["models"]
+    npt, nvt = m["parts"]["npt"]["protocol"]["npt"], m["parts"]["nvt"]["protocol"]["nvt"]
+    assert (npt["steps"], npt["temperatures_k"]) == (40, [300.0, 600.0])
+    assert (nvt["steps"], nvt["temperatures_k"]) == (20, [900.0])
+    assert [r["temperature_k"] for r in m["npt"]] == [300.0, 600.0]
+    assert m["npt_averaging_window_ps"] == pytest.approx(0.04) and "50 ps were asked for" in m["npt_averaging_note"]
+    report = open(f"{out}/report.md").read()
+    npt_section = report[report.index("## NPT sweep"):report.index("## NVT polarization")]
+    nvt_section = report[report.index("## NVT polarization"):]
+    assert "40 steps of 2.0 fs, T = 300, 600 K" in npt_section and "20 steps" not in npt_section
+    assert "20 steps of 2.0 fs, T = 900 K" in nvt_section and "40 steps" not in nvt_section
+    assert "averaging window cut" in npt_section and "averaging window cut" in nvt_section
+
+
+def test_explicit_averaging_window_longer_than_the_run_is_refused(tmp_path, capsys):
+    from jaxpto.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["nvt-polarization", *LJ_ARGS, "--steps", "50", "--average-last-ps", "1000", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--average-last-ps 1000 is longer than the run" in err and "0.1 ps" in err
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize("flag, value, text", [("--seed", "-1", "--seed: expected a non-negative integer"),
+                                               ("--steps", "0", "--steps: expected a positive integer"),
+                                               ("--timestep", "-2", "--timestep: expected a positive number"),
+                                               ("--temperatures", "300,-5", "temperatures must be positive")])
+def test_invalid_flag_values_name_the_flag(flag, value, text, tmp_path, capsys):
+    from jaxpto.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["npt-sweep", "--model", "lj", "--out", str(tmp_path), flag, value])
+    assert text in capsys.readouterr().err
+
+
+def test_huge_supercell_is_refused_with_a_memory_estimate(tmp_path, capsys):
+    from jaxpto.cli import console_main
+
+    rc = console_main(["npt-sweep", "--model", "lj", "--supercell", "1000", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "5,000,000,000 atoms" in err and "GiB" in err and "--supercell" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_out_is_found_before_anything_runs(tmp_path, capsys):
+    import os
+    import stat
+
+    from jaxpto.cli import console_main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc = console_main(["npt-sweep", "--model", "lj", "--out", str(blocker / "out")])
+    assert rc == 2 and "is not writable" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes into read-only directories
+        ro = tmp_path / "read-only"
+        ro.mkdir()
+        ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        rc = console_main(["npt-sweep", "--model", "lj", "--out", str(ro)])
+        assert rc == 2 and "is not writable" in capsys.readouterr().err
+
+
+def test_command_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    from jaxpto.cli import console_main
+
+    rc = console_main(["relax", "--model", "chgnet-0.3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("jaxpto relax: error: unknown model 'chgnet-0.3'")
+    assert "did you mean chgnet-0.3.0" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="unknown model"):
+        console_main(["relax", "--model", "chgnet-0.3", "--out", str(tmp_path), "--debug"])
+    monkeypatch.setenv("JAXPTO_DEBUG", "1")
+    with pytest.raises(ValueError, match="unknown model"):
+        console_main(["relax", "--model", "chgnet-0.3", "--out", str(tmp_path)])
+
+
+def test_checkpoint_round_trip_of_a_reallocated_neighbour_list(tmp_path):
+    """A list re-allocated during the run (other capacity, a static field) is restored as saved, bit for
+    bit, on the fresh state's template."""
+    from jaxpto import neighbors as nl
+    from jaxpto.workflows.checkpoint import read_checkpoint, write_checkpoint
+    from jaxpto.workflows.dynamics import _initial
+
+    _, template, _ = _initial(SWEEP_LJ, _sweep(), np.float64)
+    grown = nl.allocate(template.positions, template.cell, template.neighbors.cutoff, skin=template.neighbors.skin,
+                        pbc=template.neighbors.pbc, min_capacity=template.neighbors.capacity + 7)
+    state = template.replace(neighbors=grown)
+    path = str(tmp_path / "grown.ckpt")
+    write_checkpoint(path, {"note": "test"}, {"extra": np.arange(3)}, state)
+    header, arrays, back = read_checkpoint(path, template)
+    assert header["note"] == "test" and arrays["extra"].tolist() == [0, 1, 2]
+    assert back.neighbors.capacity == grown.capacity != template.neighbors.capacity
+    for a, b in zip(jax_leaves(back), jax_leaves(state)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
