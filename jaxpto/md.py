@@ -26,7 +26,7 @@ replica's health checked). After each chunk the state is written back into the A
 (positions, momenta, cell) and the observers due at that step are called, in ASE's order.
 ``irun`` therefore yields after every chunk (at every observer event and at the end).
 A replica that blows up (non-finite coordinates, a box length changed by more than 50 %,
-a temperature above 5x the target) is reported once with a warning, as ASE would run on.
+a temperature above 5x the target) is reported once with a warning, and runs on as ASE's would.
 
 Per-replica parameters are state: ``Langevin.set_temperature``/``set_friction`` and
 ``NPT.set_temperature``/``set_stress`` change them between runs without recompiling.
@@ -39,7 +39,14 @@ cache is filled with the simulated energy, forces and stress of the written conf
 not simulated (e.g. EMT's ``energies``) are recomputed by the calculator on request. If the
 same calculator object is shared by several Atoms of a replica list, only the last one keeps
 the cache (the others recompute on request; still correct). A replica whose coordinates
-became non-finite reports NaN energy, forces and stress.
+became non-finite reports NaN energy, forces and stress: its ``atoms.calc`` becomes a
+:class:`NonFiniteStateCalculator` (ASE's calculators would recompute at NaN positions), which
+hands back to the user's calculator (``atoms.calc.calculator``) at finite coordinates.
+
+Faults: a starting configuration with non-finite energy or forces (coincident atoms, ...) is a
+``ValueError`` before any step, naming the closest atoms; an unphysical replica (blow-up rules of
+:func:`jaxpto.simulate.blow_up_reason`, box lengths compared with the first run's) is reported
+with one ``RuntimeWarning`` per dynamics object, however many ``run`` calls follow.
 
 Forces: the calculator is handed to the one model resolver, :func:`bridges.from_calculator`:
 a :class:`~jaxpto.calculator.JaxptoCalculator`'s model is used directly; ASE's ``EMT``,
