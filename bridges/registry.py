@@ -7,6 +7,8 @@ Also available as ``jaxpto.load_model``. Torch models go through the DLPack brid
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # no runtime import: jaxpto/__init__ imports this module (circular otherwise)
@@ -205,9 +207,7 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         _check_torch_file(name_or_path, fam)
         try:
             return _load_torch(fam, name_or_path, device, dtype, kw)
-        except (ImportError, MemoryError):
-            raise
-        except Exception as exc:  # unpickling/zip/state-dict errors of a file that is not such a model
+        except _UNREADABLE_FILE_ERRORS as exc:  # raised deep in unpickling/unzipping, naming no file
             raise ValueError(f"could not load {name_or_path!r} as a {fam} model ({type(exc).__name__}: {exc}); "
                              "check the file and family=") from exc
     raise unknown_model_error(name_or_path)
@@ -236,6 +236,11 @@ def check_model_name(name_or_path) -> None:
         return
     raise unknown_model_error(path)
 
+
+# What torch.load/unpickling raise for a file that is damaged or not a model; the families' own
+# ValueError/TypeError (wrong kind of checkpoint, ...) already say what is wrong and pass through.
+_UNREADABLE_FILE_ERRORS = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, KeyError,
+                           AttributeError, IndexError, OverflowError)
 
 # torch.save writes a zip archive (torch >= 1.6) or, in its legacy format, a pickle stream.
 _TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
