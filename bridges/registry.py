@@ -1,7 +1,8 @@
 """``load_model``: a named force field (or a checkpoint file) as a :class:`jaxpto.model.Model`.
 
 Also available as ``jaxpto.load_model``. Torch models go through the DLPack bridge
-(:func:`bridges.torch_bridge.as_jax_model`); the JAX-native potentials are returned as they are.
+(:func:`bridges.torch_bridge.as_jax_model`); the JAX families (Nequix) and the JAX-native
+potentials are returned as they are, called inside the compiled step.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
     "dpa-3.3-1m": ("deepmd", "DeePMD pretrained DPA-3.3-1M (downloaded by deepmd-kit; multi-task: give head=)"),
     "dpa-2.4-7m": ("deepmd", "DeePMD pretrained DPA-2.4-7M (downloaded by deepmd-kit; multi-task: give head=)"),
     "dpa3-omol-large": ("deepmd", "DeePMD pretrained DPA3-OMOL-LARGE (downloaded by deepmd-kit; multi-task: give head=)"),
+    "nequix-mp-1": ("nequix", "Nequix MP-1 (MPtrj), 89 elements, cutoff 6 A; JAX-native (downloaded by nequix)"),
+    "nequix-mp-1-pft": ("nequix", "Nequix MP-1 phonon fine-tuned (PFT), cutoff 6 A; JAX-native (downloaded by nequix)"),
     "emt": ("jax", "JAX-native EMT (ASE's EMT parameters)"),
     "lj": ("jax", "JAX-native Lennard-Jones (ASE's LennardJones; kwargs sigma, epsilon, rc, ...)"),
 }
@@ -70,7 +73,11 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
 #   looks_like(path) -> bool          (optional: is this file a checkpoint of this family?)
 #   efs_from_calculator(calc) -> EFS | None   (optional: reuse an ASE calculator's loaded model)
 TORCH_FAMILIES = ("sevenn", "chgnet", "mace", "orb", "matgl", "deepmd")
-FAMILIES = TORCH_FAMILIES + ("jax",)
+# JAX families: each has a module ``bridges.<family>`` with
+#   load(name_or_path, *, dtype, **kw) -> jaxpto.model.Model   (called inside jit: no bridge)
+#   looks_like(path) -> bool, model_from_calculator(calc) -> Model | None, ase_calculator(name)
+JAX_FAMILIES = ("nequix",)
+FAMILIES = TORCH_FAMILIES + JAX_FAMILIES + ("jax",)
 
 
 def register(name: str, family: str, description: str) -> None:
@@ -84,14 +91,15 @@ def family_module(family: str):
     """The ``bridges.<family>`` module (imported lazily: each imports its model package)."""
     import importlib
 
-    if family not in TORCH_FAMILIES:
-        raise ValueError(f"{family!r} is not a torch model family; torch families: {', '.join(TORCH_FAMILIES)}")
+    if family not in TORCH_FAMILIES + JAX_FAMILIES:
+        raise ValueError(f"{family!r} is not a model family with a module; families: "
+                         f"{', '.join(TORCH_FAMILIES + JAX_FAMILIES)}")
     return importlib.import_module(f"bridges.{family}")
 
 
 def detect_family(path: str) -> str | None:
     """The family of a checkpoint file, from each bridge module's ``looks_like(path)``, or None."""
-    for fam in TORCH_FAMILIES:
+    for fam in JAX_FAMILIES + TORCH_FAMILIES:  # JAX families first: their checks import no torch
         try:
             mod = family_module(fam)
         except ImportError:  # package of that family not installed
@@ -107,8 +115,22 @@ def detect_family(path: str) -> str | None:
 
 
 def is_jax_native(name_or_path) -> bool:
-    """True for the JAX-native potentials' names ("emt", "lj"); False for torch models and files."""
-    return KNOWN_MODELS.get(str(name_or_path).strip().lower(), ("",))[0] == "jax"
+    """True for JAX-native models: the potentials' names ("emt", "lj"), the JAX families' names
+    ("nequix-mp-1", ...) and their files (a ``.nqx``); False for torch models and other files."""
+    fam = KNOWN_MODELS.get(str(name_or_path).strip().lower(), ("",))[0]
+    if fam == "jax" or fam in JAX_FAMILIES:
+        return True
+    if fam or not os.path.isfile(str(name_or_path)):
+        return False
+    import importlib
+
+    for jax_fam in JAX_FAMILIES:
+        try:
+            if importlib.import_module(f"bridges.{jax_fam}").looks_like(name_or_path):
+                return True
+        except ImportError:
+            continue
+    return False
 
 
 def known_models() -> list[str]:
@@ -148,28 +170,30 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
     name_or_path:
         One of :func:`known_models` ("7net-0", "7net-l3i5", "7net-mf-0", "chgnet-0.3.0",
         "chgnet-0.2.0", "chgnet-r2scan", "mace-mp-0b-medium" and the other MACE foundation
-        models, "orb-v2", ..., "m3gnet-mp-2021.2.8-pes", ..., "emt", "lj"), case insensitive, or a
-        checkpoint file/directory (a MACE ``.model``, an ORB checkpoint, a matgl ``Potential.save``
-        directory, a deepmd-kit ``.pth``/``.pt``, a SevenNet or CHGNet checkpoint) whose family is
-        detected from its content, or given with ``family``. Models downloaded by their package
-        (MACE, ORB, matgl) use the package's own cache; offline and not cached, loading fails
-        within seconds with the URL and how to pass a local file.
+        models, "orb-v2", ..., "m3gnet-mp-2021.2.8-pes", ..., "nequix-mp-1", "nequix-mp-1-pft",
+        "emt", "lj"), case insensitive, or a checkpoint file/directory (a MACE ``.model``, an ORB
+        checkpoint, a matgl ``Potential.save`` directory, a deepmd-kit ``.pth``/``.pt``, a
+        SevenNet or CHGNet checkpoint, a Nequix ``.nqx``) whose family is detected from its
+        content, or given with ``family``. Models downloaded by their package (MACE, ORB, matgl,
+        Nequix) use the package's own cache; offline and not cached, loading fails within
+        seconds with the URL and how to pass a local file.
     family:
-        Model family: one of "sevenn", "chgnet", "mace", "orb", "matgl", "deepmd"; optional for
+        Model family: one of "sevenn", "chgnet", "mace", "orb", "matgl", "deepmd", "nequix"; optional for
         known names (must then agree) and for files whose family can be detected.
     device:
         Torch device for torch models ("cpu", "cuda", ...). Default: CUDA when JAX runs on a
-        GPU and torch has CUDA, else CPU. Ignored by the JAX-native potentials.
+        GPU and torch has CUDA, else CPU. Ignored by the JAX-native models (JAX's default device).
     dtype:
-        Torch float dtype of torch models (default: the model's own, float32). The JAX-native
-        potentials compute in the dtype of the arrays they are given.
+        Torch float dtype of torch models (default: the model's own, float32); Nequix's weights
+        (float32 default, "float64" needs ``jax_enable_x64``). The JAX-native potentials compute
+        in the dtype of the arrays they are given.
     **kw:
         Passed to the loader: ``modal=`` for 7net-mf-0; ``head=`` for multi-head MACE models;
         ``download_timeout=`` (s) for MACE/matgl downloads; for ORB ``architecture=`` (a local
         checkpoint's architecture name), ``radius=``, ``max_num_neighbors=``, ``conservative=``,
         ``charge=``/``spin=`` (OMol models), ``compile=`` (torch.compile, off by default),
         ``probe_timeout=``; for DeePMD ``head=``, ``type_dict=``, ``fparam=``, ``charge_spin=``,
-        ``cache_dir=``; the potential's parameters for "emt"
+        ``cache_dir=``; for Nequix ``download_timeout=``, ``edge_fraction=``; the potential's parameters for "emt"
         (``elements``, ``asap_cutoff``) and "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``).
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or family.
@@ -190,6 +214,8 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
             if key == "emt":
                 return potentials.emt(**kw)
             return potentials.lennard_jones(**kw)
+        if fam in JAX_FAMILIES:
+            return family_module(fam).load(key, dtype=dtype, **kw)
         return _load_torch(fam, key, device, dtype, kw)
     if os.path.isfile(name_or_path) or os.path.isdir(name_or_path):  # matgl saves a directory
         if family == "jax":
@@ -197,7 +223,9 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         fam = family or detect_family(name_or_path)
         if fam is None:
             raise ValueError(f"cannot tell which model family {name_or_path!r} belongs to: give "
-                             f"family= one of {', '.join(TORCH_FAMILIES)}")
+                             f"family= one of {', '.join(TORCH_FAMILIES + JAX_FAMILIES)}")
+        if fam in JAX_FAMILIES:
+            return family_module(fam).load(name_or_path, dtype=dtype, **kw)
         return _load_torch(fam, name_or_path, device, dtype, kw)
     listing = "\n".join(f"  {n:<34} {d}" for n, (_, d) in KNOWN_MODELS.items())
     raise ValueError(f"unknown model {name_or_path!r} (and no such file or directory). Known models:\n{listing}")

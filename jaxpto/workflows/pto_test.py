@@ -204,9 +204,11 @@ def run_phonons(model, protocol: PTOProtocol, static: dict) -> dict:
 
 def ase_calculator(name: str, model):
     """The model's own ASE calculator (the study's method) for the speed comparison, and its kind."""
-    from bridges.registry import KNOWN_MODELS
+    from bridges.registry import KNOWN_MODELS, detect_family
 
     fam = KNOWN_MODELS.get(str(name).lower(), (None,))[0]
+    if fam is None and os.path.isfile(str(name)):
+        fam = detect_family(str(name))  # a checkpoint file: its family's own calculator, if it has a hook
     if fam == "sevenn":
         from sevenn.calculator import SevenNetCalculator
 
