@@ -198,7 +198,7 @@ def test_nve_in_lax_scan_equals_ase_with_nequix_calculator():
     """Same start, 25 steps of 2 fs at 300 K (40 atoms): jaxpto's VelocityVerlet (one jit + lax.scan
     chunk, float64 state, Nequix in float32) against ASE's VelocityVerlet with NequixCalculator
     (float64 integrator, float32 model): the same trajectory and the same energy drift; with the
-    float64 weights the drift drops (float32 round-off is what both float32 runs see)."""
+    float64 weights the energy history is the same again (the drift is the time step's)."""
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.md.verlet import VelocityVerlet
 
@@ -240,7 +240,9 @@ def test_nve_in_lax_scan_equals_ase_with_nequix_calculator():
     assert np.abs(rec32 - etot).max() < 2e-5  # the same energy history, step by step
     assert dpos < 1e-4  # the same trajectory
     assert drift32 <= 2.0 * drift_ase + 2e-5
-    assert drift64 < 2e-4  # float64: conserved far beyond float32 noise at 2 fs
+    # Float64 weights: the same energy history. At 2 fs the drift is the integrator's (time step),
+    # float32 round-off in the forces adds nothing visible to it.
+    assert np.abs(rec64 - rec32).max() < 2e-5 and abs(drift64 - drift32) < 2e-5
 
 
 def test_uncovered_element_fails_before_any_step():
@@ -355,8 +357,9 @@ def test_cli_static_and_phonons_agree_with_nequix_calculator(cli_runs, name):
         assert np.abs(s).max() * atoms.get_volume() / len(atoms) < 2e-3, (phase, s)  # FrechetCellFilter's measure
     assert abs((energies["tetragonal"] - energies["cubic"]) - static["delta_e_ev_per_fu"]) < 1e-4
     print(f"\n{name}: a {static['a']:.4f} c {static['c']:.4f} c/a {static['c_over_a']:.4f} "
-          f"dE {static['delta_e_ev_per_fu']:.4f} eV/f.u.; phonons min {phon['min_frequency_thz']:.3f} THz, "
-          f"imaginary {phon['has_imaginary']}")
+          f"dE {static['delta_e_ev_per_fu']:.4f} eV/f.u.; phonons min {phon['min_frequency_thz']:.3f} THz at "
+          f"q {phon['min_frequency_q']} (acoustic noise: {phon['min_frequency_is_acoustic_noise']}), lowest optical "
+          f"{phon['lowest_optical_thz']:.3f} THz, imaginary {phon['has_imaginary']}")
     if name == "nequix-mp-1":
         # NequixCalculator + FixSymmetry + FrechetCellFilter + BFGS (../shared/models/nequix/README.md)
         assert static["a"] == pytest.approx(3.835, abs=1e-3) and static["c"] == pytest.approx(4.850, abs=1e-3)
