@@ -35,6 +35,10 @@ stress ``sigma = (1/V) dE/d eps`` at ``eps = 0`` under the symmetric strain ``r 
 ``h -> h (1 + eps)`` come from one reverse-mode pass, as ``Nequix.__call__`` computes them for its
 ASE calculator (``NequixCalculator`` hands that stress to ASE unchanged: positive in tension).
 
+Site energies (``Model.site_energies``, for :mod:`jaxpto.workflows.lammps_bundle`): the ``e_i``
+above, ``[R, N]``; each depends on atoms up to ``n_layers`` graph hops away (every layer passes
+messages one cutoff further), so ``receptive_hops = n_layers`` (4 for both published files).
+
 Precision. The published weights are float32 and Nequix computes in float32 (the default here).
 ``dtype="float64"`` casts the weights to float64 (needs ``jax_enable_x64``): e3nn-jax's operations
 are dtype-generic, so the whole network then runs in float64 (used to verify energy conservation).
@@ -59,42 +63,27 @@ import contextlib
 import json
 import math
 import os
-import urllib.error
-import urllib.request
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bridges._download import require_download
+from bridges.registry import family_names
 from jaxpto import neighbors as nl
 from jaxpto.model import Model, ModelOutput
 
 __all__ = ["MODEL_NAMES", "load", "looks_like", "read_nqx", "native_model", "NequixCompute", "model_from_calculator",
            "model_identity", "ase_calculator", "cache_path", "edge_capacity"]
 
-# The names jaxpto registers; the URLs come from nequix's own table at load time.
-MODEL_NAMES: dict[str, str] = {
-    "nequix-mp-1": "Nequix MP-1 (MPtrj, PBE/PBE+U), 89 elements, cutoff 6 A; downloaded by nequix",
-    "nequix-mp-1-pft": "Nequix MP-1 after phonon fine-tuning (MPtrj + MDR phonons), cutoff 6 A; downloaded by nequix",
-}
+# jaxpto name -> nequix's own name (bridges.registry holds the table); the URLs come from nequix's
+# own table (NequixCalculator.URLS) at load time.
+MODEL_NAMES: dict[str, str] = family_names("nequix")
 # Keys a .nqx config line must have for nequix.model.load_model to rebuild the network.
 _CONFIG_KEYS = ("atomic_numbers", "hidden_irreps", "lmax", "cutoff", "n_layers", "radial_basis_size",
                 "radial_mlp_size", "radial_mlp_layers", "radial_polynomial_p", "mlp_init_scale",
                 "index_weights", "layer_norm", "shift", "scale", "avg_n_neighbors")
-
-
-def _register_names() -> None:
-    try:
-        from bridges import registry
-    except ImportError:  # pragma: no cover
-        return
-    for name, desc in MODEL_NAMES.items():
-        if name not in registry.KNOWN_MODELS:
-            registry.register(name, "nequix", desc)
-
-
-_register_names()
 
 
 # ----------------------------------------------------------------------------- files
@@ -162,24 +151,13 @@ def read_nqx(path, *, kernel: bool = False):
 
 def cache_path(name: str) -> str:
     """Where nequix caches a named model (``nequix.calculator.from_pretrained``'s own rule)."""
-    return os.path.join(os.path.expanduser("~/.cache/nequix/models"), f"{name}.nqx")
+    return os.path.join(os.path.expanduser("~/.cache/nequix/models"), f"{MODEL_NAMES[name]}.nqx")
 
 
 def _url(name: str) -> str:
     from nequix.calculator import NequixCalculator
 
-    return NequixCalculator.URLS[name]
-
-
-def _reachable(url: str, timeout: float) -> str | None:
-    """None if a HEAD request to ``url`` succeeds within ``timeout`` s, else why not."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return None
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code} {exc.reason}"
-    except Exception as exc:  # URLError, timeout, DNS failure, ...
-        return f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+    return NequixCalculator.URLS[MODEL_NAMES[name]]
 
 
 def _named_file(name: str, timeout: float) -> str:
@@ -188,16 +166,13 @@ def _named_file(name: str, timeout: float) -> str:
     cached = cache_path(name)
     if os.path.isfile(cached):
         return cached
-    why = _reachable(url, timeout)
-    if why is not None:
-        raise RuntimeError(
-            f"cannot download Nequix model {name!r} from {url} ({why}); it is not in nequix's cache ({cached}). "
-            f"Offline: pass the .nqx file path instead, e.g. load_model('/path/to/{name}.nqx'), "
-            f"or copy the file to {cached}")
+    require_download(url, f"Nequix model {name!r}", timeout=timeout, local_hint=(
+        f"it is not in nequix's cache ({cached}). Offline: pass the .nqx file path instead, e.g. "
+        f"load_model('/path/to/{name}.nqx'), or copy the file to {cached}"))
     from nequix.calculator import from_pretrained
 
     try:  # nequix's own download into its cache (it loads the file too; that copy is dropped)
-        from_pretrained(name, backend="jax", use_kernel=False)
+        from_pretrained(MODEL_NAMES[name], backend="jax", use_kernel=False)
     except Exception as exc:
         raise RuntimeError(f"downloading Nequix model {name!r} from {url} failed ({type(exc).__name__}: {exc}); "
                            f"pass the .nqx file path instead, e.g. load_model('/path/to/{name}.nqx')") from exc
@@ -299,26 +274,36 @@ class NequixCompute:
     def __repr__(self) -> str:
         return f"NequixCompute(cutoff={self.cutoff}, dtype={self.dtype.name}, elements={len(self.atomic_numbers)})"
 
-    def _energies(self, pos_r, strain, cell_r, species, senders, receivers, shifts, edge_replica, valid):
-        """(sum of the energies, per-replica energies [R]) of the strained replicas ``r (1 + eps)``,
-        ``h (1 + eps)``; ``eps`` symmetrised, so ``dE/d eps`` is the symmetric virial."""
+    def _site_energies(self, pos_r, cell_r, graph):
+        """Nequix's per-atom energies ``e_i`` [R, n] (eV) of the replicas on ``graph`` (:meth:`_graph`).
+
+        ``e_i`` includes Nequix's scale, shift and isolated-atom energy; the dummy node's is dropped.
+        """
+        species, senders, receivers, shifts, edge_replica, valid = graph
         dt = self.dtype
         R, n = pos_r.shape[:2]
-        deformation = jnp.eye(3, dtype=dt) + 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
-        pos_r = jnp.einsum("rni,rij->rnj", pos_r, deformation)
-        cell_r = jnp.einsum("rij,rjk->rik", cell_r, deformation)
         flat = jnp.concatenate([pos_r.reshape(R * n, 3), jnp.zeros((1, 3), dt)])  # + the dummy node
         d = flat[senders] - flat[receivers] + nl.image_displacements(shifts, cell_r[edge_replica])
         # Unused slots: a constant vector beyond the cutoff (envelope exactly 0, no gradient).
         d = jnp.where(valid[:, None], d, jnp.asarray([2.0 * self.cutoff, 0.0, 0.0], dt))
-        e = self.network.node_energies(d, species, senders, receivers)[: R * n, 0]
-        per_replica = jnp.sum(e.reshape(R, n), axis=1)
+        return self.network.node_energies(d, species, senders, receivers)[: R * n, 0].reshape(R, n)
+
+    def _energies(self, pos_r, strain, cell_r, graph):
+        """(sum of the energies, per-replica energies [R]) of the strained replicas ``r (1 + eps)``,
+        ``h (1 + eps)``; ``eps`` symmetrised, so ``dE/d eps`` is the symmetric virial."""
+        deformation = jnp.eye(3, dtype=self.dtype) + 0.5 * (strain + jnp.swapaxes(strain, 1, 2))
+        pos_r = jnp.einsum("rni,rij->rnj", pos_r, deformation)
+        cell_r = jnp.einsum("rij,rjk->rik", cell_r, deformation)
+        per_replica = jnp.sum(self._site_energies(pos_r, cell_r, graph), axis=1)
         return jnp.sum(per_replica), per_replica
 
-    def _evaluate(self, pos_r, cell_r, species_r, i, j, shifts, valid):
-        """Energy [R], forces [R,N,3], stress [R,3,3] on per-replica edge slots ``[R, E]``
-        (``i`` receiver, ``j`` sender, ``valid`` the slots holding a pair inside the cutoff)."""
-        R, n = pos_r.shape[:2]
+    @staticmethod
+    def _graph(species_r, i, j, shifts, valid):
+        """All replicas as one graph of ``R n + 1`` nodes from per-replica edge slots ``[R, E]``
+        (``i`` receiver, ``j`` sender, ``valid`` the slots holding a pair inside the cutoff):
+        ``(species, senders, receivers, shifts, edge_replica, valid)``, flat; unused slots join the
+        dummy node ``R n`` to itself."""
+        R, n = species_r.shape
         E = i.shape[1]
         offset = (jnp.arange(R, dtype=jnp.int32) * n)[:, None]
         dummy = R * n
@@ -326,9 +311,12 @@ class NequixCompute:
         senders = jnp.where(valid, j + offset, dummy).reshape(R * E)
         edge_replica = jnp.broadcast_to(jnp.arange(R, dtype=jnp.int32)[:, None], (R, E)).reshape(R * E)
         species = jnp.concatenate([species_r.reshape(R * n), jnp.zeros((1,), jnp.int32)])
-        zero = jnp.zeros((R, 3, 3), self.dtype)
-        (dE_dr, dE_deps), energy = self._grad(pos_r, zero, cell_r, species, senders, receivers,
-                                              shifts.reshape(R * E, 3), edge_replica, valid.reshape(R * E))
+        return species, senders, receivers, shifts.reshape(R * E, 3), edge_replica, valid.reshape(R * E)
+
+    def _evaluate(self, pos_r, cell_r, species_r, i, j, shifts, valid):
+        """Energy [R], forces [R,N,3], stress [R,3,3] on per-replica edge slots (see :meth:`_graph`)."""
+        zero = jnp.zeros((pos_r.shape[0], 3, 3), self.dtype)
+        (dE_dr, dE_deps), energy = self._grad(pos_r, zero, cell_r, self._graph(species_r, i, j, shifts, valid))
         volume = jnp.abs(jnp.linalg.det(cell_r))
         stress = dE_deps / jnp.where(volume > 0, volume, 1.0)[:, None, None]
         return energy, -dE_dr, stress
@@ -348,24 +336,43 @@ class NequixCompute:
             stack.enter_context(jax.enable_x64(False))
         return stack
 
-    def __call__(self, positions, cell, numbers, neighbors) -> ModelOutput:
-        out_dtype = positions.dtype
-        # Casts before the float32 context, where int64/float64 inputs would be truncated with warnings.
+    def _cast_inputs(self, positions, cell, numbers, neighbors):
+        """Inputs in the model's dtype; done before the float32 context of :meth:`_precision`,
+        where int64/float64 inputs would be truncated with warnings."""
+        if neighbors is None:
+            raise ValueError("Nequix needs the engine's neighbour list (a model with cutoff > 0 always gets one)")
         positions, cell = positions.astype(self.dtype), cell.astype(self.dtype)
         numbers = np.asarray(numbers, np.int32) if isinstance(numbers, np.ndarray) else jnp.asarray(numbers, jnp.int32)
-        if neighbors is not None:
-            neighbors = neighbors.replace(shifts=neighbors.shifts.astype(self.dtype))
+        return positions, cell, numbers, neighbors.replace(shifts=neighbors.shifts.astype(self.dtype))
+
+    def __call__(self, positions, cell, numbers, neighbors) -> ModelOutput:
+        out_dtype = positions.dtype
+        args = self._cast_inputs(positions, cell, numbers, neighbors)
         with self._precision():
-            energy, forces, stress = self._compute(positions, cell, numbers, neighbors)
+            energy, forces, stress = self._compute(*args)
         # Back to the engine's dtype outside the float32 context (inside it float64 does not exist).
         return ModelOutput(energy=energy.astype(out_dtype), forces=forces.astype(out_dtype),
                            stress=stress.astype(out_dtype))
 
-    def _compute(self, positions, cell, numbers, neighbors):
-        if neighbors is None:
-            raise ValueError("Nequix needs the engine's neighbour list (a model with cutoff > 0 always gets one)")
-        pos = positions.astype(self.dtype)
-        cel = cell.astype(self.dtype)
+    def site_energies(self, positions, cell, numbers, neighbors):
+        """Per-atom energies ``e_i`` [R, N] in eV (Nequix's node energies), ``sum_i e_i`` = the energy.
+
+        ``e_i`` depends on atoms up to ``n_layers`` hops of the graph away (``receptive_hops`` of the
+        :class:`Model`), through the neighbour list only. Evaluated on all the list's slots inside
+        the cutoff (no packed buffer, no host fallback), so the function has no callback and can be
+        exported (:mod:`jaxpto.workflows.lammps_bundle`); NaN for an uncovered element.
+        """
+        out_dtype = positions.dtype
+        args = self._cast_inputs(positions, cell, numbers, neighbors)
+        with self._precision():
+            pos, cel, species, uncovered, i, jj, shifts, inside = self._pairs(*args)
+            e = self._site_energies(pos, cel, self._graph(species, i, jj, shifts, inside))
+            e = jnp.where(uncovered, jnp.asarray(jnp.nan, self.dtype), e)
+        return e.astype(out_dtype)
+
+    def _pairs(self, pos, cel, numbers, neighbors):
+        """Species [R, N] (``uncovered``: any element the network lacks) and the list's slots
+        ``i, j, shifts [R, N K]`` with ``inside``, the slots holding a pair inside the cutoff."""
         R, n = pos.shape[:2]
         table = jnp.asarray(self._species_table)
         species = table[jnp.clip(jnp.asarray(numbers), 0, table.shape[0] - 1)]
@@ -379,6 +386,11 @@ class NequixCompute:
         d = (jnp.take_along_axis(pos, jj[..., None], axis=1) - jnp.take_along_axis(pos, i[..., None], axis=1)
              + nl.image_displacements(shifts, cel[:, None]))
         inside = slot & (jnp.sum(d * d, axis=-1) < self.cutoff ** 2)  # matscipy's rule: |d| < cutoff
+        return pos, cel, species, uncovered, i, jj, shifts, inside
+
+    def _compute(self, positions, cell, numbers, neighbors):
+        pos, cel, species, uncovered, i, jj, shifts, inside = self._pairs(positions, cell, numbers, neighbors)
+        R, n = pos.shape[:2]
         cap = edge_capacity(n, neighbors, self.cutoff, self.edge_fraction)
         if cap >= i.shape[1]:
             energy, forces, stress = self._evaluate(pos, cel, species, i, jj, shifts, inside)
@@ -434,7 +446,9 @@ def native_model(network, atomic_numbers, *, cutoff: float | None = None, dtype=
     """
     compute = NequixCompute(network, atomic_numbers, cutoff=float(network.cutoff if cutoff is None else cutoff),
                             dtype=dtype, edge_fraction=edge_fraction)
-    return Model(compute=compute, cutoff=compute.cutoff, elements=frozenset(compute.atomic_numbers), name=name)
+    # A node's energy sees the graph through n_layers message-passing layers: n_layers hops of the list.
+    return Model(compute=compute, cutoff=compute.cutoff, elements=frozenset(compute.atomic_numbers), name=name,
+                 site_energies=compute.site_energies, receptive_hops=len(compute.network.layers))
 
 
 def load(name_or_path, *, dtype=None, download_timeout: float = 10.0, edge_fraction: float | None = None,
@@ -505,12 +519,14 @@ def model_from_calculator(calc) -> Model | None:
 
 
 def model_identity(calc):
-    """What makes two ``NequixCalculator`` s compute the same thing: the network object and cutoff
-    (``capacity_multiplier`` only pads the calculator's own graph). None for other calculators."""
+    """What makes two ``NequixCalculator`` s compute the same thing: the network object, backend
+    and cutoff (``capacity_multiplier`` only pads the calculator's own graph). None for other
+    calculators."""
     if not _is_nequix_calculator(calc):
         return None
-    return (type(calc), id(getattr(calc, "model", None)), getattr(calc, "backend", None),
-            float(getattr(calc, "cutoff", 0.0)))
+    from bridges.resolver import Same
+
+    return Same(getattr(calc, "model", None)), getattr(calc, "backend", None), float(getattr(calc, "cutoff", 0.0))
 
 
 def ase_calculator(name_or_path):
@@ -529,4 +545,4 @@ def ase_calculator(name_or_path):
     # nequix.model.load_model initialises its network in JAX's default float dtype, which cannot hold
     # the stored float32 weights under jax_enable_x64: build it in float32 mode.
     with jax.enable_x64(False):
-        return NequixCalculator(model_name=key if key in MODEL_NAMES else None, model_path=path, use_kernel=False)
+        return NequixCalculator(model_name=MODEL_NAMES.get(key), model_path=path, use_kernel=False)

@@ -7,6 +7,12 @@
 * ``jaxpto relax | phonons | npt-sweep | nvt-polarization``: one part each, same options and the
   same ``results.json``.
 * ``jaxpto verify``: every integrator against ASE, step for step, in float64.
+* ``jaxpto export-lammps MODEL --out DIR``: a LAMMPS run folder (a ``pair_style jax/kk`` bundle for
+  JAX-native models, the family's own pair style for torch models) with the PTO-test's NPT/NVT
+  protocols as LAMMPS decks (:mod:`jaxpto.workflows.lammps_export`).
+* ``jaxpto check-model NAME|PATH``: is a model's energy, forces and stress one consistent,
+  invariant, batched function (finite differences, batched == single, rotation/translation,
+  a short NVE run)? One verdict table; ``--out`` writes it as JSON.
 
 Running the same command again resumes: finished parts are kept, interrupted sweeps continue.
 """
@@ -50,11 +56,23 @@ def _add_pto_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-steps", type=int, help="steps per compiled chunk = checkpoint interval (default 500)")
     p.add_argument("--record-every", type=int, help="record observables every this many steps (default 10)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--replica-exchange", type=int, metavar="K", dest="replica_exchange",
+                   help="temperature replica exchange between neighbouring temperatures every K steps, on the "
+                        "device (NPT and NVT sweeps; default off)")
     p.add_argument("--fmax", type=float, help="relaxation force threshold in eV/A (default 1e-3)")
     p.add_argument("--ase-steps", type=int, help="ASE NPT steps timed for the speed comparison (default 200)")
     p.add_argument("--dtype", choices=["float32", "float64"],
                    help="engine float type (default float32; float64 needs JAX_ENABLE_X64=1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--devices", default=None,
+                   help="shard the sweeps' temperatures over this many devices, or 'all' (default: one device); "
+                        "the numbers are the same as on one device")
+    dist = p.add_argument_group("several processes (jax.distributed; every process runs the same command)")
+    dist.add_argument("--coordinator", help="host:port of process 0, e.g. localhost:12355")
+    dist.add_argument("--num-processes", type=int, help="number of processes")
+    dist.add_argument("--process-id", type=int, help="this process's id, 0 .. num-processes - 1")
+    dist.add_argument("--local-devices", type=int,
+                      help="CPU only: host devices per process (XLA's --xla_force_host_platform_device_count)")
 
 
 def _protocol(args):
@@ -67,7 +85,8 @@ def _protocol(args):
     for arg, field in (("temperatures", "temperatures_k"), ("steps", "steps"), ("supercell", "supercell"),
                        ("timestep", "timestep_fs"), ("average_last_ps", "average_last_ps"), ("ttime", "ttime_fs"),
                        ("pfactor", "pfactor"), ("friction", "friction_per_fs"), ("charges", "charges"),
-                       ("chunk_steps", "chunk_steps"), ("record_every", "record_every"), ("seed", "seed")):
+                       ("chunk_steps", "chunk_steps"), ("record_every", "record_every"), ("seed", "seed"),
+                       ("replica_exchange", "swap_interval")):
         v = getattr(args, arg)
         if v is not None:
             sweep_kw[field] = v
@@ -102,9 +121,129 @@ def _run_pto(args, parts, parser) -> int:
     elif args.dtype == "float32":
         dtype = np.float32
     models = args.model or [DEFAULT_MODEL]
-    data = run_pto_test(models, args.out, protocol, parts=parts, progress=not args.no_progress, dtype=dtype)
-    print(f"results: {args.out}/results.json, report: {args.out}/report.md")
+    devices = args.devices
+    if devices is not None and devices != "all":
+        try:
+            devices = int(devices)
+        except ValueError:
+            parser.error(f"--devices must be a number or 'all', got {devices!r}")
+    if args.coordinator and devices is None:
+        devices = "all"  # a multi-process run shards over every process's devices
+    data = run_pto_test(models, args.out, protocol, parts=parts, progress=not args.no_progress, dtype=dtype,
+                        devices=devices)
+    from jaxpto.sharding import is_main_process
+
+    if is_main_process():
+        print(f"results: {args.out}/results.json, report: {args.out}/report.md")
     return 0 if data["models"] else 1
+
+
+def _add_export_lammps(sub) -> None:
+    p = sub.add_parser("export-lammps", help="a model + the PTO-test NPT/NVT protocols as a LAMMPS run folder")
+    p.add_argument("model", help="model name (jaxpto.known_models()) or checkpoint path")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quick", action="store_true", help="the --quick protocol's sizes (40 atoms, 3 temperatures)")
+    p.add_argument("--ensembles", default="npt,nvt", help="decks to write: npt, nvt or npt,nvt (default)")
+    p.add_argument("--structure", help="ASE-readable structure file used for both decks instead of PbTiO3")
+    for flag, kind, text in (("--temperatures", _floats, "temperatures in K (default 300..1000 by 100)"),
+                             ("--steps", int, "MD steps (default 50000)"),
+                             ("--supercell", int, "PbTiO3 supercell repetitions (default 5)"),
+                             ("--timestep", float, "time step in fs (default 2)"),
+                             ("--average-last-ps", float, "averaging window in ps (default 50)"),
+                             ("--ttime", float, "NPT thermostat time in fs (default 25)"),
+                             ("--pfactor", float, "NPT barostat pfactor in ASE units (default 75.0**2*units.fs)"),
+                             ("--friction", float, "Langevin friction in 1/fs (default 0.01)"),
+                             ("--record-every", int, "record every this many steps (default 10)"),
+                             ("--seed", int, "velocity seed (default 0)")):
+        p.add_argument(flag, type=kind, help=text)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for load_model, e.g. sigma=3.4 (repeatable; numbers and true/false parsed)")
+    p.add_argument("--platform", choices=["cuda", "cpu"], default="cuda",
+                   help="PJRT platform of the bundle: cuda (GPU LAMMPS) or cpu (host KOKKOS build); default cuda")
+    p.add_argument("--precision", choices=["float32", "float64"], default="float32", help="bundle precision")
+    p.add_argument("--ranks", type=int, default=1, help="MPI ranks the capacities are sized for (slabs; default 1)")
+    p.add_argument("--max-atoms", type=int, help="per-rank atom capacity (owned + ghosts); overrides the estimate")
+    p.add_argument("--max-edges", type=int, help="per-rank edge capacity; overrides the estimate")
+    p.add_argument("--neighbors-per-atom", type=int, help="neighbour slots per atom; overrides the estimate")
+    p.add_argument("--no-check", action="store_true", help="skip running the bundle on the structure at export")
+
+
+def _model_kwargs(items) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+def _run_export_lammps(args, parser) -> int:
+    import argparse as _argparse
+
+    from jaxpto.workflows.lammps_bundle import Capacities
+    from jaxpto.workflows.lammps_export import export_lammps
+
+    ensembles = tuple(e.strip() for e in args.ensembles.split(",") if e.strip())
+    given = [args.max_atoms, args.max_edges, args.neighbors_per_atom]
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        parser.error("--max-atoms, --max-edges and --neighbors-per-atom go together (or none: estimated)")
+    if args.precision == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    try:
+        full = _argparse.Namespace(**vars(args), charges=None, chunk_steps=None, fmax=None, ase_steps=None)
+        protocol = _protocol(full)
+        structure = None
+        if args.structure:
+            from ase.io import read
+
+            structure = read(args.structure)
+        caps = Capacities(*given) if given[0] is not None else None
+        mapping = export_lammps(args.model, args.out, protocol, ensembles=ensembles, structure=structure,
+                                model_kwargs=_model_kwargs(args.model_arg), platform=args.platform,
+                                precision=args.precision, ranks=args.ranks, capacities=caps,
+                                check=not args.no_check)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.exit(2, f"jaxpto export-lammps: error: {exc}\n")
+    for c in mapping.get("check", []):
+        print(f"bundle check ({c['ranks']} rank(s)): |dE|/atom = {c['energy_error_per_atom']:.2e} eV, "
+              f"max |dF| = {c['max_force_error']:.2e} eV/A")
+    print(f"LAMMPS run folder: {args.out} (README.md, run.sh, in.*.lmp)")
+    return 0
+
+
+def _add_check_model(sub) -> None:
+    cm = sub.add_parser("check-model", help="check a model: forces = -dE/dr, stress = dE/dstrain, batched == single, "
+                                            "rotation/translation invariance, NVE drift")
+    cm.add_argument("model", help="model name or checkpoint path (`python -c 'import jaxpto; print(jaxpto.known_models())'`)")
+    cm.add_argument("--out", help="write the verdict table as JSON to this file")
+    cm.add_argument("--structure", help="ASE-readable structure to check on (default: a small strained, rattled "
+                                        "PbTiO3 cell, or an fcc cell of an element the model covers)")
+    cm.add_argument("--nve-steps", type=int, default=100, help="steps of the NVE run (1 fs each; default 100)")
+    cm.add_argument("--family", help="model family of a checkpoint file (default: detected)")
+    cm.add_argument("--device", help="torch device of a torch model (default: follows JAX's platform)")
+
+
+def _run_check_model(args, parser) -> int:
+    if args.nve_steps < 1:
+        parser.error("--nve-steps must be >= 1")
+    from jaxpto.workflows.model_check import main_check
+
+    kw = {k: v for k, v in (("family", args.family), ("device", args.device)) if v is not None}
+    try:
+        report = main_check(args.model, out=args.out, structure=args.structure, nve_steps=args.nve_steps, **kw)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return 0 if report.passed else 1
 
 
 def main(argv=None) -> int:
@@ -123,7 +262,27 @@ def main(argv=None) -> int:
     for cmd, parts in PART_COMMANDS.items():
         sp = sub.add_parser(cmd, help=f"PTO-test part(s): {', '.join(parts)}")
         _add_pto_options(sp)
+    _add_export_lammps(sub)
+    _add_check_model(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "coordinator", None) or getattr(args, "num_processes", None) is not None:
+        if not (args.coordinator and args.num_processes and args.process_id is not None):
+            parser.error("a multi-process run needs --coordinator, --num-processes and --process-id together")
+        from jaxpto.sharding import initialize_distributed
+
+        try:
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.local_devices)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif getattr(args, "local_devices", None):
+        import os
+
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.local_devices}").strip()
+    if args.command == "export-lammps":
+        return _run_export_lammps(args, parser)
+    if args.command == "check-model":
+        return _run_check_model(args, parser)
     if args.command == "verify":
         if args.steps < 1 or args.size < 1:
             parser.error("--steps and --size must be >= 1")

@@ -6,10 +6,12 @@ the host, padded with jraph), evaluated in JAX's float32 mode as a user runs it;
 weights are float32. Cells: the PbTiO3 test cells of ``_pbtio3_cells`` (5-atom tetragonal,
 rattled 2x2x2 supercell, strained triclinic 2x1x1), both weight files. Also: R = 3 replicas in
 one call equal single calls; packing the edges (and the unpacked fallback) and the skin never
-change the result; the drop-in path (``model_from_calculator``) reuses the calculator's network;
-float64; a jit + lax.scan NVE run against ASE's VelocityVerlet with ``NequixCalculator``; bad input
-and offline names fail fast and clearly; ``jaxpto phonons`` (static + phonons) on both files,
-checked against ``NequixCalculator`` at the relaxed structures and phonopy with it.
+change the result; the drop-in path (``model_from_calculator``, ``bridges.from_calculator``,
+``jaxpto.md``) reuses the calculator's network; site energies sum to the energy and a Nequix
+network's LAMMPS bundle equals its own compute over 1 and 2 ranks; float64; a jit + lax.scan NVE
+run against ASE's VelocityVerlet with ``NequixCalculator``; bad input and offline names fail fast
+and clearly; ``jaxpto phonons`` (static + phonons) on both files, checked against
+``NequixCalculator`` at the relaxed structures and phonopy with it.
 
 Weights: ``<repo>/../shared/models/nequix/`` (``JAXPTO_NEQUIX_DIR`` overrides); nothing here uses
 the network.
@@ -50,6 +52,14 @@ CELLS = {"unit5": pbtio3, "supercell40": supercell, "triclinic10": triclinic}
 
 _models: dict = {}
 _calcs: dict = {}
+
+
+def thermalise(atoms, T, seed):
+    """Seeded Maxwell-Boltzmann momenta, in place (``thermalize_momenta`` from ASE 3.28 on)."""
+    from ase.md import velocitydistribution as vd
+
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+    thermalize(atoms, temperature_K=T, rng=np.random.default_rng(seed))
 
 
 def model_for(name):
@@ -173,6 +183,33 @@ def test_model_from_calculator_reuses_its_network():
     assert bn.model_from_calculator(EMT()) is None and bn.model_identity(EMT()) is None
 
 
+def test_resolver_and_drop_in_md_run_the_calculators_network_natively():
+    """``bridges.from_calculator(NequixCalculator)`` is the native model on the calculator's own network
+    (kind "native"), and ``jaxpto.md.VelocityVerlet`` with that calculator takes that path and follows
+    ASE's ``VelocityVerlet`` with the same calculator (float32 model on both sides)."""
+    import bridges
+    import jaxpto.md
+    from ase.md.verlet import VelocityVerlet
+
+    calc = calc_for("nequix-mp-1")
+    resolved = bridges.from_calculator(calc)
+    assert resolved.kind == "native" and resolved.model.compute.network is calc.model
+    assert bridges.calculator_identity(calc) == resolved.identity
+    assert bridges.calculator_identity(calc_for("nequix-mp-1-pft")) != resolved.identity
+
+    atoms = triclinic(4)
+    thermalise(atoms, 300, seed=2)
+    ours, theirs = atoms.copy(), atoms.copy()
+    ours.calc = theirs.calc = calc
+    dyn = jaxpto.md.VelocityVerlet(ours, 2.0 * units.fs, dtype=jnp.float64)
+    dyn.run(5)
+    assert dyn.force_kind == "native"
+    with jax.enable_x64(False):
+        VelocityVerlet(theirs, 2.0 * units.fs).run(5)
+    assert np.abs(ours.positions - theirs.positions).max() < 1e-5
+    assert np.abs(ours.get_momenta() - theirs.get_momenta()).max() < 1e-4
+
+
 def test_float64_weights_agree_with_float32():
     atoms = triclinic(2)
     m64 = bn.load(FILES["nequix-mp-1"], dtype="float64")
@@ -188,6 +225,62 @@ def test_float64_weights_agree_with_float32():
         bn.load(FILES["nequix-mp-1"], dtype="float16")
 
 
+def test_site_energies_sum_to_the_energy():
+    """``Model.site_energies`` (Nequix's node energies, on the full list) sum to ``compute``'s energy
+    (packed edge buffer) on the strained triclinic cell, two different replicas in one call;
+    4 layers -> 4 hops; an uncovered element gives NaN (same compiled programs)."""
+    model = model_for("nequix-mp-1")
+    assert model.receptive_hops == len(model.compute.network.layers) == 4
+    atoms = triclinic()
+    reps = [atoms.copy() for _ in range(2)]
+    reps[1].positions += np.random.default_rng(3).normal(0.0, 0.05, atoms.positions.shape)
+    pos = jnp.asarray(np.stack([a.positions for a in reps]), F32)
+    cell = jnp.asarray(np.stack([np.asarray(a.cell) for a in reps]), F32)
+    nbrs = nl.allocate(pos, cell, model.cutoff, skin=1.0)
+    compute, sites_fn = jax.jit(model.compute), jax.jit(model.site_energies)
+    energy = np.asarray(compute(pos, cell, jnp.asarray(atoms.numbers), nbrs).energy, float)
+    sites = np.asarray(sites_fn(pos, cell, jnp.asarray(atoms.numbers), nbrs), float)
+    assert sites.shape == (2, len(atoms))
+    assert np.abs(sites.sum(axis=1) - energy).max() / len(atoms) < 1e-6
+    assert abs(energy[0] - energy[1]) > 1e-3 and np.ptp(sites[0]) > 0.1  # replicas and Pb/Ti/O sites differ
+    bad = atoms.numbers.copy()
+    bad[0] = 84  # Po, not covered: NaN, never a silently wrong number
+    assert np.isnan(np.asarray(sites_fn(pos, cell, jnp.asarray(bad), nbrs))).all()
+
+
+def test_lammps_bundle_of_a_nequix_network_equals_its_compute(tmp_path):
+    """``jaxpto export-lammps``'s bundle (jax.export of the site energies) for a Nequix network: on
+    LAMMPS-packed inputs over 1 and 2 ranks it gives the model's own energy and forces. A small
+    random Nequix (2 layers, cutoff 3.5 A, the real one's code) keeps the ghost shell
+    (n_hops x cutoff + skin) CI-sized; the real files export the same way (4 hops, 25 A shells)."""
+    import equinox as eqx
+    from nequix.model import Nequix
+
+    from jaxpto.workflows import lammps_bundle as lb
+
+    elements = [8, 22, 82]
+    with jax.enable_x64(False):
+        network = Nequix(key=jax.random.key(1), n_species=3, lmax=2, cutoff=3.5, hidden_irreps="8x0e + 4x1o + 4x2e",
+                         n_layers=2, radial_basis_size=4, radial_mlp_size=8, radial_mlp_layers=1,
+                         index_weights=False, layer_norm=True, shift=0.1, scale=0.8, avg_n_neighbors=10.0,
+                         atom_energies=[-7.3, -10.3, -3.7])
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(eqx.filter(network, eqx.is_inexact_array)))
+    model = bn.native_model(network, elements, name="nequix-random-2")
+    assert model.receptive_hops == 2 and lb.n_hops_for(model) == 2
+    atoms = supercell(5)
+    out = str(tmp_path / "bundle")
+    types = ["O", "Ti", "Pb"]
+    for ranks in (1, 2):
+        caps = lb.estimate_capacities(atoms, model, skin=1.0, ranks=ranks)
+        lb.export_bundle(model, out, types, caps, platform="cpu")
+        check = lb.check_bundle(out, model, atoms, types, caps, skin=1.0, ranks=ranks)
+        print(f"\nNequix bundle, {ranks} rank(s): |dE|/atom {check['energy_error_per_atom']:.1e} eV, "
+              f"max|dF| {check['max_force_error']:.1e} eV/A")
+        assert check["energy_error_per_atom"] < 1e-6 and check["max_force_error"] < 1e-5
+    bundle = lb.load_bundle(os.path.join(out, "model.lammps-jax.json"))
+    assert bundle["contract"]["n_hops"] == 2 and bundle["export_info"]["receptive_hops"] == 2
+
+
 def _total_energy_per_atom(state):
     kinetic = 0.5 * jnp.sum(state.momenta**2 / state.masses[None, :, None], axis=(1, 2))
     return (state.energy + kinetic) / state.positions.shape[1]
@@ -199,7 +292,7 @@ def test_nve_in_lax_scan_equals_ase_with_nequix_calculator():
     chunk, float64 state, Nequix in float32) against ASE's VelocityVerlet with NequixCalculator
     (float64 integrator, float32 model): the same trajectory and the same energy drift; with the
     float64 weights the energy history is the same again (the drift is the time step's)."""
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary
     from ase.md.verlet import VelocityVerlet
 
     from jaxpto.integrators import velocity_verlet
@@ -207,7 +300,7 @@ def test_nve_in_lax_scan_equals_ase_with_nequix_calculator():
 
     n_steps, dt = 25, 2.0 * units.fs
     atoms = supercell(9)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(11))
+    thermalise(atoms, 300, seed=11)
     Stationary(atoms)
 
     ase_atoms = atoms.copy()

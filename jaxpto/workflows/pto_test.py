@@ -40,7 +40,8 @@ import time
 
 import numpy as np
 
-from jaxpto.workflows.dynamics import SweepProtocol, run_sweep, study_npt, study_nvt
+from jaxpto.sharding import is_main_process, to_host
+from jaxpto.workflows.dynamics import SweepProtocol, run_sweep, series_by_walker, study_npt, study_nvt
 
 SCHEMA = "jaxpto.pto-test/1"
 PARTS = ("static", "phonons", "npt", "nvt", "speed")
@@ -134,8 +135,15 @@ def load_results(out: str) -> dict:
     return {"schema": SCHEMA, "models": []}
 
 
+def _silent(*args, **kwargs):
+    return None
+
+
 def write_results(out: str, data: dict) -> str:
-    """Write ``OUT/results.json`` atomically (a kill never leaves a truncated file)."""
+    """Write ``OUT/results.json`` atomically (a kill never leaves a truncated file); only process 0
+    of a multi-process run writes."""
+    if not is_main_process():
+        return os.path.join(out, "results.json")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "results.json")
     tmp = path + ".tmp"
@@ -202,41 +210,6 @@ def run_phonons(model, protocol: PTOProtocol, static: dict) -> dict:
                        npoints=protocol.phonon_npoints)
 
 
-def ase_calculator(name: str, model):
-    """The model's own ASE calculator (the study's method) for the speed comparison, and its kind."""
-    from bridges.registry import KNOWN_MODELS, detect_family
-
-    fam = KNOWN_MODELS.get(str(name).lower(), (None,))[0]
-    if fam is None and os.path.isfile(str(name)):
-        fam = detect_family(str(name))  # a checkpoint file: its family's own calculator, if it has a hook
-    if fam == "sevenn":
-        from sevenn.calculator import SevenNetCalculator
-
-        kw = {"modal": "PBE"} if name.lower() == "7net-mf-0" else {}
-        return SevenNetCalculator(name.lower(), device="cpu" if model_device_is_cpu() else "cuda", **kw), "SevenNetCalculator"
-    if fam == "chgnet":
-        from chgnet.model import CHGNet
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        version = name.lower().split("-", 1)[1]
-        return CHGNetCalculator(CHGNet.load(model_name=version, verbose=False), use_device=None), "CHGNetCalculator"
-    if fam is not None and fam != "jax":
-        from bridges.registry import family_module
-
-        hook = getattr(family_module(fam), "ase_calculator", None)
-        if hook is not None:
-            return hook(name), f"{fam} ASE calculator"
-    from jaxpto.calculator import JaxptoCalculator
-
-    return JaxptoCalculator(model), "JaxptoCalculator (no own ASE calculator)"
-
-
-def model_device_is_cpu() -> bool:
-    import jax
-
-    return jax.default_backend() == "cpu"
-
-
 def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     """jaxpto vs ASE, same model, same 1-replica NPT on the NPT supercell, timed in one run."""
     from ase import units
@@ -252,7 +225,7 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     n = max(protocol.ase_steps, 2)
     T = p.temperatures_k[0]
     one = dataclasses.replace(p, temperatures_k=(T,), steps=2 * n, chunk_steps=n, record_every=n,
-                              average_last_ps=p.timestep_fs * n * 1e-3)
+                              average_last_ps=p.timestep_fs * n * 1e-3, swap_interval=None)
     res = run_sweep(model, one, model_name=name, progress=False, dtype=dtype)
     jax_speed = res["speed"]
     atoms = polar_supercell(p.supercell, p.a, p.c, p.shifts)
@@ -261,8 +234,10 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         MaxwellBoltzmannDistribution(atoms, temperature_K=T, rng=np.random.default_rng(p.seed))
-    calc, kind = ase_calculator(name, model)
-    atoms.calc = calc
+    from bridges.registry import ase_calculator
+
+    atoms.calc = ase_calculator(name)  # the model family's own ASE calculator (the study's method)
+    kind = type(atoms.calc).__name__
     dyn = AseNPT(atoms, p.timestep_fs * units.fs, temperature_K=T, ttime=p.ttime_fs * units.fs,
                  pfactor=p.pfactor, externalstress=0.0, mask=np.eye(3))
     dyn.run(1)  # first call: model set-up, kept out of the timing as for jaxpto
@@ -276,22 +251,28 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
 
 
 def _save_series(out: str, name: str, ens: str, res: dict) -> None:
+    st = res.get("final_state")
+    if st is not None:  # gathering the replicas is collective: every process takes part
+        positions, cells, numbers = to_host(st.positions), to_host(st.cell), to_host(st.numbers)
+    if not is_main_process():
+        return
     d = os.path.join(out, slug(name))
     os.makedirs(d, exist_ok=True)
     np.savez_compressed(os.path.join(d, f"{ens}_series.npz"),
                         temperatures_k=np.array(res["protocol"]["temperatures_k"]),
-                        **{k: v for k, v in res["series"].items()})
+                        **{k: v for k, v in res["series"].items()},
+                        **({f"{k}_by_walker": v for k, v in series_by_walker(res["series"]).items()}
+                           if "walker" in res["series"] else {}))
     # Final configuration of every replica still running, as extended XYZ (ASE-readable).
-    st = res.get("final_state")
     if st is not None:
         from ase import Atoms
         from ase.io import write
 
         temps = res["protocol"]["temperatures_k"]
         frames = []
-        for j, i in enumerate(res["active"]):
-            a = Atoms(numbers=np.asarray(st.numbers), positions=np.asarray(st.positions[j], float),
-                      cell=np.asarray(st.cell[j], float), pbc=True)
+        for i in res["active"]:  # the state holds every replica; stopped ones are not written
+            a = Atoms(numbers=numbers, positions=positions[i].astype(float),
+                      cell=cells[i].astype(float), pbc=True)
             a.info["temperature_k"] = temps[i]
             frames.append(a)
         if frames:
@@ -299,12 +280,16 @@ def _save_series(out: str, name: str, ens: str, res: dict) -> None:
 
 
 def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts=PARTS, progress: bool = True,
-                 dtype=None, log=print) -> dict:
+                 dtype=None, log=print, devices=None) -> dict:
     """Run the PTO-test for every model in ``models`` (names or paths), writing ``out``.
 
     ``parts``: any of ``static``, ``phonons``, ``npt``, ``nvt``, ``speed``. Parts already in
     ``out/results.json`` with the same protocol are skipped; interrupted sweeps resume.
+    ``devices``: shard the sweeps' temperatures over devices (and processes, in a
+    ``jax.distributed`` run: every process runs this function, process 0 writes the files).
     """
+    if not is_main_process():
+        log = _silent
     protocol = protocol or study_protocol()
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -314,7 +299,10 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
     from jaxpto import host_allocator
 
     if not all(is_jax_native(m) for m in models):
+        from bridges import gpu_memory
+
         host_allocator.tune()  # torch models on the CPU: before device_info() starts JAX's threads
+        gpu_memory.share_gpu_with_torch()  # torch models on a GPU: before JAX reserves its memory
     data = load_results(out)
     data.update(protocol=protocol.to_dict(), versions=versions(), device=device_info())
     data.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -345,13 +333,15 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
             elif part in ("npt", "nvt"):
                 sweep = protocol.npt if part == "npt" else protocol.nvt
                 ckpt = os.path.join(out, "checkpoints", f"{slug(name)}-{part}.pkl")
-                res = run_sweep(model, sweep, model_name=name, checkpoint=ckpt, progress=progress, dtype=dtype,
+                res = run_sweep(model, sweep, model_name=name, checkpoint=ckpt, progress=progress, dtype=dtype, devices=devices,
                                 relaxed_c_over_a=relaxed_ca)
                 _save_series(out, name, part, res)
                 entry[part] = res["replicas"]
                 entry[f"{part}_tc_k"] = res["tc_k"]
                 entry[f"{part}_tc_note"] = res["tc_note"]
                 entry[f"{part}_averaging_window_ps"] = res["averaging_window_ps"]
+                if "replica_exchange" in res:
+                    entry[f"{part}_replica_exchange"] = res["replica_exchange"]
                 entry.setdefault("speed", {})[part] = res["speed"]
             elif part == "speed":
                 entry.setdefault("speed", {})["ase_comparison"] = run_speed(model, name, protocol, dtype)
@@ -360,6 +350,7 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
             log(f"[{name}] {part} done in {time.perf_counter() - t0:.1f} s")
     from jaxpto.workflows.report import write_report
 
-    write_report(out, data)
+    if is_main_process():
+        write_report(out, data)
     write_results(out, data)
     return data
