@@ -48,7 +48,9 @@ Usage::
 
 Models: real ``7net-0`` and ``chgnet-0.3.0``; ``mace-medium-random`` (MACE-MP-0b medium
 hyper-parameters, random weights) and ``orb-v2-random`` (ORB v2 architecture, random weights) when
-mace-torch / orb-models are installed; ``lj`` (JAX-native Lennard-Jones vs ASE's LennardJones).
+mace-torch / orb-models are installed; ``lj`` (JAX-native Lennard-Jones vs ASE's LennardJones);
+``nequix-mp-1`` / ``nequix-mp-1-pft`` (JAX-native Nequix, real weights, vs ``NequixCalculator``;
+``benchmarks/results/nequix-cpu.json``).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def build_model(name: str, tmpdir: str, device=None):
     """(jaxpto Model, torch EFS or None, ASE calculator factory, description).
 
     ``device``: torch device of the torch models and of their ASE calculators (default: CUDA
-    where torch has it, else the CPU); the JAX-native ``lj`` ignores it."""
+    where torch has it, else the CPU); the JAX-native ``lj`` and Nequix ignore it (JAX's default device)."""
     import jaxpto
     from bridges.registry import family_module
     from bridges.torch_bridge import as_jax_model
@@ -135,7 +137,22 @@ def build_model(name: str, tmpdir: str, device=None):
         efs = family_module("orb").load(path, architecture="orb-v2", device=device)
         return as_jax_model(efs, device=str(efs.device)), efs, lambda: ORBCalculator(net, system_config=config, device=str(efs.device)), \
             "ORB v2 architecture (15 message-passing steps), random weights"
+    if name in ("nequix-mp-1", "nequix-mp-1-pft"):
+        from bridges import nequix as bn
+
+        path = _nequix_weights(name)
+        model = bn.load(path)
+        return model, None, lambda: bn.ase_calculator(path), \
+            f"Nequix {name} (real weights; JAX-native, called inside the compiled step; ASE side: NequixCalculator)"
     raise ValueError(f"unknown benchmark model {name!r}")
+
+
+def _nequix_weights(name: str) -> str:
+    """The .nqx file of a Nequix model: ``$JAXPTO_NEQUIX_DIR`` or ``<repo>/../shared/models/nequix``
+    (where this project keeps them: no downloads), else the name (nequix's own cache/download)."""
+    folder = os.environ.get("JAXPTO_NEQUIX_DIR") or os.path.join(HERE, "..", "..", "shared", "models", "nequix")
+    path = os.path.join(folder, f"{name}.nqx")
+    return path if os.path.isfile(path) else name
 
 
 def _random_mace_medium():

@@ -10,8 +10,8 @@ Families (:data:`FAMILIES`) and what each family's module ``bridges.<family>`` g
   dtype, **kw)`` -> a torch EFS object (see :mod:`bridges.torch_bridge`), put on the DLPack bridge
   here; ``looks_like(path)``; ``efs_from_calculator(calc)`` and ``model_identity(calc)`` (used by
   :mod:`bridges.resolver`); ``ase_calculator(name_or_path, *, device, **kw)``;
-* ``"jax"`` families (JAX-native models in a bridges module, no torch): ``load(name_or_path, *,
-  dtype, **kw)`` -> a :class:`~jaxpto.model.Model` directly; ``looks_like``,
+* ``"jax"`` families (JAX-native models in a bridges module, no torch: nequix): ``load(name_or_path,
+  *, dtype, **kw)`` -> a :class:`~jaxpto.model.Model` directly; ``looks_like``,
   ``model_from_calculator(calc)``, ``model_identity(calc)``, ``ase_calculator(name_or_path)``;
 * ``"jax"`` the family name of :mod:`jaxpto.potentials` ("emt", "lj"), loaded by name only.
 
@@ -46,7 +46,8 @@ FAMILIES: dict[str, Family] = {
     "orb": Family("orb_models", "torch"),
     "matgl": Family("matgl", "torch"),
     "deepmd": Family("deepmd", "torch"),
-    # JAX-native families with a bridges module (kind "jax") are added here, e.g. nequix.
+    # JAX-native families with a bridges module (kind "jax"): a Model called inside the compiled step.
+    "nequix": Family("nequix", "jax"),
     "jax": Family(None, "potential"),
 }
 
@@ -145,6 +146,11 @@ _register_all("matgl", {  # key: matgl's / Hugging Face name (materialyze/<key>)
 _register_all("deepmd", {
     n.lower(): (n, f"DeePMD pretrained {n.upper()} (downloaded by deepmd-kit; multi-task: give head=)")
     for n in ("DPA-3.1-3M", "DPA-3.2-5M", "DPA-3.3-1M", "DPA-2.4-7M", "DPA3-Omol-Large")
+})
+_register_all("nequix", {  # key: nequix's own name (NequixCalculator.URLS, ~/.cache/nequix/models/<key>.nqx)
+    "nequix-mp-1": ("nequix-mp-1", "Nequix MP-1 (MPtrj), 89 elements, cutoff 6 A; JAX-native (downloaded by nequix)"),
+    "nequix-mp-1-pft": ("nequix-mp-1-pft", "Nequix MP-1 phonon fine-tuned (MPtrj + MDR phonons), cutoff 6 A; "
+                                           "JAX-native (downloaded by nequix)"),
 })
 _register_all("jax", {
     "emt": ("emt", "JAX-native EMT (ASE's EMT parameters)"),
@@ -248,13 +254,13 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
     name_or_path:
         One of :func:`known_models` ("7net-0", "7net-l3i5", "7net-mf-0", "chgnet-0.3.0",
         "chgnet-0.2.0", "chgnet-r2scan", "mace-mp-0b-medium" and the other MACE foundation
-        models, "orb-v2", ..., "m3gnet-mp-2021.2.8-pes", ..., "emt", "lj"), case insensitive, or a
-        checkpoint file/directory (a MACE ``.model``, an ORB checkpoint, a matgl ``Potential.save``
-        directory, a deepmd-kit ``.pth``/``.pt``, a SevenNet or CHGNet checkpoint) whose family is
-        detected from its content, or given with ``family``. Models downloaded by their package
-        (MACE, ORB, matgl, DeePMD) use the package's own cache; offline and not cached, loading
-        fails within seconds with the URL and how to pass a local file
-        (:class:`bridges._download.ModelUnavailableError`).
+        models, "orb-v2", ..., "m3gnet-mp-2021.2.8-pes", ..., "nequix-mp-1", "nequix-mp-1-pft",
+        "emt", "lj"), case insensitive, or a checkpoint file/directory (a MACE ``.model``, an ORB
+        checkpoint, a matgl ``Potential.save`` directory, a deepmd-kit ``.pth``/``.pt``, a SevenNet
+        or CHGNet checkpoint, a Nequix ``.nqx``) whose family is detected from its content, or
+        given with ``family``. Models downloaded by their package (MACE, ORB, matgl, DeePMD,
+        Nequix) use the package's own cache; offline and not cached, loading fails within seconds
+        with the URL and how to pass a local file (:class:`bridges._download.ModelUnavailableError`).
     family:
         Model family (:data:`FAMILIES`); optional for known names (must then agree) and for files
         whose family can be detected.
@@ -271,8 +277,8 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         checkpoint's architecture name), ``radius=``, ``max_num_neighbors=``, ``conservative=``,
         ``charge=``/``spin=`` (OMol models), ``compile=`` (torch.compile, off by default),
         ``probe_timeout=``; for DeePMD ``head=``, ``type_dict=``, ``fparam=``, ``charge_spin=``,
-        ``cache_dir=``; the potential's parameters for "emt" (``elements``, ``asap_cutoff``),
-        "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``) and "morse" (``epsilon``, ``r0``,
+        ``cache_dir=``; for Nequix ``download_timeout=``, ``edge_fraction=``; the potential's
+        parameters for "emt" (``elements``, ``asap_cutoff``), "lj" (``sigma``, ``epsilon``, ``rc``, ``ro``, ``smooth``) and "morse" (``epsilon``, ``r0``,
         ``rho0``, ``rcut1``, ``rcut2``).
 
     Raises ``ValueError`` for an unknown name (listing the known ones) or family.
