@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
+import zipfile
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # no runtime import: the core stays importable without bridges
@@ -222,8 +224,7 @@ def _resolve(name_or_path, family: str | None) -> tuple[str, Any]:
             raise ValueError(f"cannot tell which model family {name_or_path!r} belongs to: give family= one of "
                              f"{', '.join(families('torch') + families('jax'))}")
         return fam, name_or_path
-    listing = "\n".join(f"  {n:<34} {entry.description}" for n, entry in KNOWN_MODELS.items())
-    raise ValueError(f"unknown model {name_or_path!r} (and no such file or directory). Known models:\n{listing}")
+    raise unknown_model_error(name_or_path)
 
 
 def _load_torch(family: str, name: str, device, dtype, kw) -> "Model":
@@ -284,7 +285,14 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         return getattr(potentials, KNOWN_MODELS[what].key)(**kw)
     if kind == "jax":
         return family_module(fam).load(what, dtype=dtype, **kw)
-    return _load_torch(fam, what, device, dtype, kw)
+    if what in KNOWN_MODELS:
+        return _load_torch(fam, what, device, dtype, kw)
+    _check_torch_file(what, fam)
+    try:
+        return _load_torch(fam, what, device, dtype, kw)
+    except _UNREADABLE_FILE_ERRORS as exc:  # raised deep in unpickling/unzipping, naming no file
+        raise ValueError(f"could not load {what!r} as a {fam} model ({type(exc).__name__}: {exc}); "
+                         "check the file and family=") from exc
 
 
 def ase_calculator(name_or_path, *, family: str | None = None, device=None, **kw):
@@ -314,3 +322,52 @@ def ase_calculator(name_or_path, *, family: str | None = None, device=None, **kw
     from bridges.torch_bridge import resolve_device
 
     return family_module(fam).ase_calculator(what, device=str(resolve_device(device)), **kw)
+
+
+def close_model_names(name: str, n: int = 3) -> list[str]:
+    """Known model names closest to ``name`` (difflib), best first."""
+    import difflib
+
+    return difflib.get_close_matches(str(name).strip().lower(), list(KNOWN_MODELS), n=n, cutoff=0.6)
+
+
+def unknown_model_error(name: str) -> ValueError:
+    """The error for a name that is neither a known model nor a file: the closest names, then the list."""
+    close = close_model_names(name)
+    hint = f"did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}{close[-1]}? " if close else ""
+    listing = "\n".join(f"  {n:<34} {entry.description}" for n, entry in KNOWN_MODELS.items())
+    return ValueError(f"unknown model {name!r} (and no such file or directory); {hint}Known models:\n{listing}")
+
+
+def check_model_name(name_or_path) -> None:
+    """Raise :func:`unknown_model_error` unless ``name_or_path`` is a known name or an existing path
+    (nothing is loaded: for checking a command's arguments before any work starts)."""
+    path = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else str(name_or_path)
+    if path.strip().lower() in KNOWN_MODELS or os.path.exists(path):
+        return
+    raise unknown_model_error(path)
+
+
+# What torch.load/unpickling raise for a file that is damaged or not a model; the families' own
+# ValueError/TypeError (wrong kind of checkpoint, ...) already say what is wrong and pass through.
+_UNREADABLE_FILE_ERRORS = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, KeyError,
+                           AttributeError, IndexError, OverflowError)
+
+# torch.save writes a zip archive (torch >= 1.6) or, in its legacy format, a pickle stream.
+_TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+_TORCH_FILE_FAMILIES = ("sevenn", "chgnet", "mace", "orb")  # deepmd also reads .pb/.dp/.yaml, matgl directories
+
+
+def _check_torch_file(path: str, family: str) -> None:
+    """A quick look at the first bytes before the family's package is imported (seconds) and its
+    loader fails deep inside unpickling: a file of a family that loads ``torch.save`` files must
+    start like one."""
+    if family not in _TORCH_FILE_FAMILIES or not os.path.isfile(path):
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise ValueError(f"{path!r} is empty (0 bytes): not a {family} model file")
+    if not head.startswith(_TORCH_FILE_MAGIC):
+        raise ValueError(f"{path!r} is not a {family} model file: a {family} checkpoint is a torch.save file "
+                         f"(a zip archive or a pickle), this one starts with {head!r}")

@@ -25,6 +25,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from jaxpto import neighbors as nl
 from jaxpto.model import Model, ModelOutput
 from jaxpto.state import default_dtype
+from jaxpto.validation import check_atomic_numbers
 
 __all__ = ["JaxptoCalculator", "ase_callback_model"]
 
@@ -77,6 +78,9 @@ class JaxptoCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        if len(atoms) == 0:
+            raise ValueError("JaxptoCalculator: the Atoms object has no atoms; there is nothing to compute")
+        check_atomic_numbers(atoms.numbers, "the atoms given to JaxptoCalculator")
         self.model.check_elements(atoms.numbers)
         out = self._evaluate(atoms.positions[None], np.asarray(atoms.cell)[None], atoms.numbers,
                              tuple(bool(p) for p in atoms.pbc))
@@ -125,6 +129,8 @@ class JaxptoCalculator(Calculator):
         if unknown:
             raise ValueError(f"unknown properties {unknown}; implemented: {self.implemented_properties}")
         numbers = np.asarray(images[0].numbers)
+        if len(numbers) == 0:
+            raise ValueError("calculate_batch: the structures have no atoms; there is nothing to compute")
         pbc = tuple(bool(p) for p in images[0].pbc)
         for k, at in enumerate(images[1:], start=1):
             if len(at) != len(numbers):
@@ -187,6 +193,11 @@ def ase_callback_model(calculators, template, need_stress: bool) -> Model:
         forces = np.zeros((R, N, 3), positions.dtype)
         stress = np.zeros((R, 3, 3), positions.dtype)
         for r in range(R):
+            if not (np.all(np.isfinite(positions[r])) and np.all(np.isfinite(cell[r]))):
+                # A replica that blew up: ASE calculators fail on NaN coordinates (or return
+                # meaningless numbers); NaN results keep the batch going and the driver reports it.
+                energy[r], forces[r], stress[r] = np.nan, np.nan, np.nan
+                continue
             a = template.copy()
             a.set_cell(cell[r].astype(float))
             a.set_positions(positions[r].astype(float))

@@ -15,11 +15,18 @@
   a short NVE run)? One verdict table; ``--out`` writes it as JSON.
 
 Running the same command again resumes: finished parts are kept, interrupted sweeps continue.
+
+Errors in what the user gave (a flag's value, a model name, an unwritable ``--out``, a damaged
+checkpoint) end the ``jaxpto`` command with one line naming the problem and exit status 2
+(:func:`console_main`); ``--debug`` (anywhere on the line) or ``JAXPTO_DEBUG=1`` shows the Python
+traceback instead. :func:`main` itself raises, for callers from Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 PART_COMMANDS = {"relax": ("static",), "phonons": ("static", "phonons"), "npt-sweep": ("npt",),
@@ -33,7 +40,32 @@ def _floats(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
     if not vals:
         raise argparse.ArgumentTypeError("expected at least one temperature")
+    bad = [v for v in vals if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"temperatures must be positive (K), got {', '.join(f'{v:g}' for v in bad)}")
     return vals
+
+
+def _number(kind, low: float, inclusive: bool, what: str):
+    """An argparse type: a ``kind`` number >= ``low`` (or > ``low``); argparse names the flag in the error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or (value < low if inclusive else value <= low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse's fallback message uses it
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, True, "a positive integer")
+NON_NEGATIVE_INT = _number(int, 0, True, "a non-negative integer")
+POSITIVE_FLOAT = _number(float, 0.0, False, "a positive number")
+NON_NEGATIVE_FLOAT = _number(float, 0.0, True, "a non-negative number")
 
 
 def _add_pto_options(p: argparse.ArgumentParser) -> None:
@@ -45,22 +77,23 @@ def _add_pto_options(p: argparse.ArgumentParser) -> None:
                    help="small protocol for a laptop CPU (40 atoms, 300/600/900 K, 500 steps); every output, "
                         "indicative numbers")
     p.add_argument("--temperatures", type=_floats, help="temperatures in K, e.g. 300,400,500 (default 300..1000 by 100)")
-    p.add_argument("--steps", type=int, help="MD steps per sweep (default 50000)")
-    p.add_argument("--supercell", type=int, help="supercell repetitions n (n^3 cells; default 5 = 625 atoms)")
-    p.add_argument("--timestep", type=float, help="time step in fs (default 2)")
-    p.add_argument("--average-last-ps", type=float, help="averaging window in ps (default 50)")
-    p.add_argument("--ttime", type=float, help="NPT thermostat time in fs (default 25)")
-    p.add_argument("--pfactor", type=float, help="NPT barostat pfactor in ASE units (default 75.0**2*units.fs)")
-    p.add_argument("--friction", type=float, help="Langevin friction in 1/fs (default 0.01)")
+    p.add_argument("--steps", type=POSITIVE_INT, help="MD steps per sweep (default 50000)")
+    p.add_argument("--supercell", type=POSITIVE_INT, help="supercell repetitions n (n^3 cells; default 5 = 625 atoms)")
+    p.add_argument("--timestep", type=POSITIVE_FLOAT, help="time step in fs (default 2)")
+    p.add_argument("--average-last-ps", type=POSITIVE_FLOAT,
+                   help="averaging window in ps (default 50; at most the second half of the run)")
+    p.add_argument("--ttime", type=POSITIVE_FLOAT, help="NPT thermostat time in fs (default 25)")
+    p.add_argument("--pfactor", type=POSITIVE_FLOAT, help="NPT barostat pfactor in ASE units (default 75.0**2*units.fs)")
+    p.add_argument("--friction", type=NON_NEGATIVE_FLOAT, help="Langevin friction in 1/fs (default 0.01)")
     p.add_argument("--charges", choices=["study", "zhong1994"], help="Born charges for the polarization")
-    p.add_argument("--chunk-steps", type=int, help="steps per compiled chunk = checkpoint interval (default 500)")
-    p.add_argument("--record-every", type=int, help="record observables every this many steps (default 10)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--replica-exchange", type=int, metavar="K", dest="replica_exchange",
+    p.add_argument("--chunk-steps", type=POSITIVE_INT, help="steps per compiled chunk = checkpoint interval (default 500)")
+    p.add_argument("--record-every", type=POSITIVE_INT, help="record observables every this many steps (default 10)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (default 0)")
+    p.add_argument("--replica-exchange", type=POSITIVE_INT, metavar="K", dest="replica_exchange",
                    help="temperature replica exchange between neighbouring temperatures every K steps, on the "
                         "device (NPT and NVT sweeps; default off)")
-    p.add_argument("--fmax", type=float, help="relaxation force threshold in eV/A (default 1e-3)")
-    p.add_argument("--ase-steps", type=int, help="ASE NPT steps timed for the speed comparison (default 200)")
+    p.add_argument("--fmax", type=POSITIVE_FLOAT, help="relaxation force threshold in eV/A (default 1e-3)")
+    p.add_argument("--ase-steps", type=POSITIVE_INT, help="ASE NPT steps timed for the speed comparison (default 200)")
     p.add_argument("--dtype", choices=["float32", "float64"],
                    help="engine float type (default float32; float64 needs JAX_ENABLE_X64=1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -87,7 +120,7 @@ def _protocol(args):
                        ("pfactor", "pfactor"), ("friction", "friction_per_fs"), ("charges", "charges"),
                        ("chunk_steps", "chunk_steps"), ("record_every", "record_every"), ("seed", "seed"),
                        ("replica_exchange", "swap_interval")):
-        v = getattr(args, arg)
+        v = getattr(args, arg, None)  # export-lammps has no --replica-exchange (its decks run one replica each)
         if v is not None:
             sweep_kw[field] = v
     top = {}
@@ -98,8 +131,17 @@ def _protocol(args):
     if sweep_kw.get("steps") is not None and "chunk_steps" not in sweep_kw:
         # keep the chunk a divisor-friendly size for short runs
         sweep_kw["chunk_steps"] = min(base.npt.chunk_steps, sweep_kw["steps"])
-    return dataclasses.replace(base, npt=dataclasses.replace(base.npt, **sweep_kw),
-                               nvt=dataclasses.replace(base.nvt, **sweep_kw), **top)
+    protocol = dataclasses.replace(base, npt=dataclasses.replace(base.npt, **sweep_kw),
+                                   nvt=dataclasses.replace(base.nvt, **sweep_kw), **top)
+    if args.average_last_ps is not None:
+        # The default window (50 ps) is cut to short runs with a warning; one asked for explicitly must fit.
+        s = protocol.npt
+        run_ps = s.steps * s.timestep_fs * 1e-3
+        if args.average_last_ps > run_ps:
+            raise ValueError(f"--average-last-ps {args.average_last_ps:g} is longer than the run ({s.steps} steps "
+                             f"x {s.timestep_fs:g} fs = {run_ps:g} ps); the averages are taken over at most the "
+                             f"run's second half ({0.5 * run_ps:g} ps): give at most that, or more --steps")
+    return protocol
 
 
 def _run_pto(args, parts, parser) -> int:
@@ -146,15 +188,15 @@ def _add_export_lammps(sub) -> None:
     p.add_argument("--ensembles", default="npt,nvt", help="decks to write: npt, nvt or npt,nvt (default)")
     p.add_argument("--structure", help="ASE-readable structure file used for both decks instead of PbTiO3")
     for flag, kind, text in (("--temperatures", _floats, "temperatures in K (default 300..1000 by 100)"),
-                             ("--steps", int, "MD steps (default 50000)"),
-                             ("--supercell", int, "PbTiO3 supercell repetitions (default 5)"),
-                             ("--timestep", float, "time step in fs (default 2)"),
-                             ("--average-last-ps", float, "averaging window in ps (default 50)"),
-                             ("--ttime", float, "NPT thermostat time in fs (default 25)"),
-                             ("--pfactor", float, "NPT barostat pfactor in ASE units (default 75.0**2*units.fs)"),
-                             ("--friction", float, "Langevin friction in 1/fs (default 0.01)"),
-                             ("--record-every", int, "record every this many steps (default 10)"),
-                             ("--seed", int, "velocity seed (default 0)")):
+                             ("--steps", POSITIVE_INT, "MD steps (default 50000)"),
+                             ("--supercell", POSITIVE_INT, "PbTiO3 supercell repetitions (default 5)"),
+                             ("--timestep", POSITIVE_FLOAT, "time step in fs (default 2)"),
+                             ("--average-last-ps", POSITIVE_FLOAT, "averaging window in ps (default 50)"),
+                             ("--ttime", POSITIVE_FLOAT, "NPT thermostat time in fs (default 25)"),
+                             ("--pfactor", POSITIVE_FLOAT, "NPT barostat pfactor in ASE units (default 75.0**2*units.fs)"),
+                             ("--friction", NON_NEGATIVE_FLOAT, "Langevin friction in 1/fs (default 0.01)"),
+                             ("--record-every", POSITIVE_INT, "record every this many steps (default 10)"),
+                             ("--seed", NON_NEGATIVE_INT, "velocity seed (default 0)")):
         p.add_argument(flag, type=kind, help=text)
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for load_model, e.g. sigma=3.4 (repeatable; numbers and true/false parsed)")
@@ -301,5 +343,33 @@ def main(argv=None) -> int:
     return _run_pto(args, PART_COMMANDS[args.command], parser)
 
 
+# What a user's bad input raises (flags, names, files, checkpoints); anything else is a bug: traceback.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def console_main(argv=None) -> int:
+    """The ``jaxpto`` command: :func:`main` with errors in the user's input turned into one line
+    (``jaxpto: error: ...``) and exit status 2. ``--debug`` anywhere in ``argv`` (removed before
+    parsing) or the environment variable ``JAXPTO_DEBUG=1`` re-raises them with the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("JAXPTO_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        command = next((a for a in argv if not a.startswith("-")), "")
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:  # without the "[Errno N]" prefix
+            message = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+        sys.stderr.write(f"jaxpto{(' ' + command) if command else ''}: error: {message}\n"
+                         "(run with --debug or JAXPTO_DEBUG=1 for the Python traceback)\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("jaxpto: interrupted; run the same command again to resume\n")
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -26,7 +26,7 @@ replica's health checked). After each chunk the state is written back into the A
 (positions, momenta, cell) and the observers due at that step are called, in ASE's order.
 ``irun`` therefore yields after every chunk (at every observer event and at the end).
 A replica that blows up (non-finite coordinates, a box length changed by more than 50 %,
-a temperature above 5x the target) is reported once with a warning, as ASE would run on.
+a temperature above 5x the target) is reported once with a warning, and runs on as ASE's would.
 
 Per-replica parameters are state: ``Langevin.set_temperature``/``set_friction`` and
 ``NPT.set_temperature``/``set_stress`` change them between runs without recompiling.
@@ -39,7 +39,14 @@ cache is filled with the simulated energy, forces and stress of the written conf
 not simulated (e.g. EMT's ``energies``) are recomputed by the calculator on request. If the
 same calculator object is shared by several Atoms of a replica list, only the last one keeps
 the cache (the others recompute on request; still correct). A replica whose coordinates
-became non-finite reports NaN energy, forces and stress.
+became non-finite reports NaN energy, forces and stress: its ``atoms.calc`` becomes a
+:class:`NonFiniteStateCalculator` (ASE's calculators would recompute at NaN positions), which
+hands back to the user's calculator (``atoms.calc.calculator``) at finite coordinates.
+
+Faults: a starting configuration with non-finite energy or forces (coincident atoms, ...) is a
+``ValueError`` before any step, naming the closest atoms; an unphysical replica (blow-up rules of
+:func:`jaxpto.simulate.blow_up_reason`, box lengths compared with the first run's) is reported
+with one ``RuntimeWarning`` per dynamics object, however many ``run`` calls follow.
 
 Forces: the calculator is handed to the one model resolver, :func:`bridges.from_calculator`:
 a :class:`~jaxpto.calculator.JaxptoCalculator`'s model is used directly; ASE's ``EMT``,
@@ -153,6 +160,8 @@ def _checked_state(dyn, model, kind):
 
     try:
         state, force_fn = state_from_atoms(dyn._atoms_list, model, seed=dyn.seed, dtype=dyn.dtype)
+        if not (np.all(np.isfinite(np.asarray(state.energy))) and np.all(np.isfinite(np.asarray(state.forces)))):
+            return state, force_fn, kind  # the start is broken whatever computes it: _check_start says why
         why = _twin_disagreement(dyn, state) if kind == "twin" else _bridge_disagreement(dyn, state)
     except Exception as exc:  # elements not covered, ...
         state, why = None, f"{type(exc).__name__}: {exc}"
@@ -212,6 +221,65 @@ def _bridge_disagreement(dyn, state):
         if not (ds <= BRIDGE_S_TOL):
             problems.append(f"max |dS| = {ds:.2e} eV/A^3 > {BRIDGE_S_TOL:g}")
     return "; ".join(problems) if problems else None
+
+
+# ---------------------------------------------------------------------------
+# Replicas that blew up
+# ---------------------------------------------------------------------------
+
+
+class NonFiniteStateCalculator(SinglePointCalculator):
+    """``atoms.calc`` of a replica whose coordinates became non-finite: energy, forces and stress are NaN.
+
+    ASE's calculators compare the atoms with their cached ones by value, and NaN != NaN, so at
+    NaN positions they would recompute (ASE's EMT then returns a finite, meaningless energy).
+    This one compares NaN-aware: for the written (NaN) configuration it returns NaN. Once the
+    atoms hold finite coordinates again (the user reset them), every request goes to
+    ``calculator``, the user's own calculator, which it replaced.
+    """
+
+    def __init__(self, atoms, calculator, **results):
+        super().__init__(atoms, **results)
+        self.calculator = calculator
+
+    def check_state(self, atoms, tol=1e-15):
+        a = self.atoms
+        same = (_same(a.positions, atoms.positions) and _same(a.cell.array, atoms.cell.array)
+                and np.array_equal(a.numbers, atoms.numbers) and np.array_equal(a.pbc, atoms.pbc))
+        return [] if same else ["positions"]
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        if atoms is not None and self.check_state(atoms) and self.calculator is not None \
+                and np.all(np.isfinite(atoms.positions)) and np.all(np.isfinite(atoms.cell.array)):
+            return self.calculator.get_property(name, atoms, allow_calculation)
+        return super().get_property(name, atoms, allow_calculation)
+
+
+def _closest_pairs(atoms, below: float = 0.5) -> str:
+    """`` (atoms i and j are d A apart, ...)`` for pairs closer than ``below`` A (at most three), or ''."""
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, below)
+    keep = i < j
+    i, j, d = i[keep], j[keep], d[keep]
+    if not len(d):
+        return ""
+    order = np.argsort(d)[:3]
+    return " (" + ", ".join(f"atoms {i[k]} and {j[k]} are {d[k]:.3g} A apart" for k in order) + ")"
+
+
+def _check_start(state, atoms_list):
+    """A clear error before any step if the model gives non-finite energy or forces at the start."""
+    energy = np.asarray(state.energy, dtype=float)
+    forces = np.asarray(state.forces, dtype=float)
+    bad = ~(np.isfinite(energy) & np.all(np.isfinite(forces), axis=(1, 2)))
+    if not bad.any():
+        return
+    r = int(np.flatnonzero(bad)[0])
+    others = f" (and replica(s) {np.flatnonzero(bad)[1:].tolist()})" if bad.sum() > 1 else ""
+    raise ValueError(f"jaxpto.md: the model gives non-finite energy or forces at the starting configuration of "
+                     f"replica {r}{others}{_closest_pairs(atoms_list[r])}; fix the structure (overlapping or "
+                     "coincident atoms?) before running dynamics")
 
 
 # ---------------------------------------------------------------------------
@@ -296,7 +364,10 @@ class _JaxDynamics(IOContext):
         self._attach_files(trajectory, logfile, loginterval, append_trajectory)
 
     def _check_atoms(self):
-        for a in self._atoms_list:
+        from jaxpto.validation import check_atomic_numbers
+
+        for r, a in enumerate(self._atoms_list):
+            check_atomic_numbers(a.numbers, f"replica {r}" if len(self._atoms_list) > 1 else "the atoms")
             if a.constraints:
                 raise NotImplementedError("jaxpto.md does not support constraints (yet)")
             if 0 in a.get_masses():
@@ -492,7 +563,8 @@ class _JaxDynamics(IOContext):
     def _chunks(self, n_steps, next_stop):
         """The one driver (:func:`jaxpto.simulate.chunks`) on this object's integrator and state."""
         return simulate.chunks(self._integrator, self._state, n_steps, chunk_size=self.chunk_size,
-                               next_stop=next_stop, on_unhealthy="warn")
+                               next_stop=next_stop, on_unhealthy="warn", reference_lengths=self._start_lengths,
+                               reported=self._reported)
 
     def _next_event(self, n: int) -> int:
         """The step (absolute) of the next observer event after ``n``, at most ``n + chunk_size``."""
@@ -525,12 +597,16 @@ class _JaxDynamics(IOContext):
                                        self._needs_stress)
         if state is None:
             state, force_fn = state_from_atoms(self._atoms_list, model, seed=self.seed, dtype=self.dtype)
+        _check_start(state, self._atoms_list)
         self.force_kind = kind
         self._model_obj = model
         self._integrator_force_fn = force_fn
         self._integrator = self._exchanging(self._make_integrator(force_fn))
         self._integrator_dt = self.dt
         self._state = self._init_state(self._integrator, state)
+        # The blow-up rules compare with the box at the first run, and report a replica once per object.
+        self._start_lengths = np.linalg.norm(np.asarray(state.cell, dtype=float), axis=-1)
+        self._reported = set()
 
     def _exchanging(self, integrator):
         """With ``swap_interval``: temperature replica exchange between the replicas (see
@@ -590,14 +666,27 @@ class _JaxDynamics(IOContext):
 
     @staticmethod
     def _set_results(a, energy, forces, stress, finite):
-        """The simulated results in ``a.calc``'s cache (NaN for a replica whose coordinates are not finite:
-        the model's numbers at NaN positions mean nothing)."""
+        """The simulated results in ``a.calc``'s cache.
+
+        A replica whose coordinates are not finite gets a :class:`NonFiniteStateCalculator` holding
+        NaN results (the model's numbers at NaN positions mean nothing, and ASE's own calculators
+        would recompute at NaN positions, since NaN != NaN reads as "the atoms changed", and some
+        return finite garbage); it hands back to the user's calculator once the coordinates are
+        finite again.
+        """
+        calc = a.calc
+        if isinstance(calc, NonFiniteStateCalculator):
+            calc = calc.calculator
         if not finite:
-            energy, forces, stress = np.nan, np.full_like(forces, np.nan), np.full_like(stress, np.nan)
+            results = {"energy": np.nan, "free_energy": np.nan, "forces": np.full_like(forces, np.nan)}
+            if all(a.pbc):
+                results["stress"] = np.full(6, np.nan)
+            a.calc = NonFiniteStateCalculator(a, calc, **results)
+            return
+        a.calc = calc
         results = {"energy": float(energy), "free_energy": float(energy), "forces": forces.copy()}
         if a.cell.rank == 3 and all(a.pbc):
             results["stress"] = full_3x3_to_voigt_6_stress(stress)
-        calc = a.calc
         if isinstance(calc, BaseCalculator) and hasattr(calc, "results"):
             calc.atoms = a.copy()
             calc.results = results

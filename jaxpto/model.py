@@ -96,7 +96,8 @@ class Model:
 
         missing = sorted({int(z) for z in numbers} - set(self.elements))
         if missing:
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" if 0 <= z < len(chemical_symbols) else
+                              f"Z={z} (not an element)" for z in missing)
             covered = ", ".join(chemical_symbols[z] for z in sorted(self.elements))
             raise ValueError(
                 f"model {self.name!r} does not cover {names}; it covers: {covered}. "

@@ -236,7 +236,7 @@ def chunks(integrator: Integrator, state: MDState, n_steps: int, *, chunk_size: 
            record_fn: Callable[[MDState], Any] | None = None, record_every: int = 1,
            next_stop: Callable[[int], int] | None = None, on_unhealthy: str = "warn",
            health: Callable[[MDState, MDState, Any], list] | None = None,
-           reference_lengths=None) -> Iterator[Chunk]:
+           reference_lengths=None, reported: set | None = None) -> Iterator[Chunk]:
     """Run ``n_steps`` steps as compiled chunks, yielding a :class:`Chunk` after each.
 
     ``chunk_size``: the most steps per chunk (a multiple of ``record_every`` when recording).
@@ -247,7 +247,9 @@ def chunks(integrator: Integrator, state: MDState, n_steps: int, *, chunk_size: 
     replica]`` adds the caller's own rules (e.g. the sweeps' molten check) to
     :func:`blow_up_reasons`. ``reference_lengths`` ([R,3] box lengths, A): what the box-change rule
     compares with (default: the state's at the start of this call; a resumed run passes its original
-    start). The loop ends early when no replica runs any more.
+    start). ``reported``: indices of replicas already reported unhealthy, updated in place (a caller
+    that runs several times, e.g. ``jaxpto.md``'s ``run`` after ``run``, passes the same set, so a
+    replica is reported once). The loop ends early when no replica runs any more.
     """
     if on_unhealthy not in ("stop", "warn", "ignore"):
         raise ValueError(f"on_unhealthy must be 'stop', 'warn' or 'ignore', got {on_unhealthy!r}")
@@ -265,7 +267,7 @@ def chunks(integrator: Integrator, state: MDState, n_steps: int, *, chunk_size: 
     start_lengths, targets = _run_reference(state)
     if reference_lengths is not None:
         start_lengths = np.asarray(reference_lengths, float)
-    reported: set[int] = set()
+    reported = set() if reported is None else reported
     done = 0
     while done < n_steps:
         k = min(chunk_size, n_steps - done)

@@ -14,7 +14,8 @@ time step 2 fs, 50,000 steps, 300-1000 K. Units are ASE's at the boundary (K, fs
 
 Long runs: the run goes in compiled chunks; after each chunk the host records the observables,
 checks every replica (a replica that blows up or melts is flagged and dropped from the batch,
-the others go on), writes an atomic checkpoint, and updates the progress line. Running the same
+the others go on), writes an atomic checkpoint (data only, checksummed:
+:mod:`jaxpto.workflows.checkpoint`), and updates the progress line. Running the same
 sweep again with the same checkpoint file resumes after the last finished chunk; the chunks are
 the same compiled program with the same per-replica random streams, so a resumed run equals an
 uninterrupted one.
@@ -25,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -43,11 +44,12 @@ from jaxpto import simulate
 from jaxpto.sharding import is_main_process, shard_state, state_mesh, tree_to_host
 from jaxpto.state import MDState, temperature_K
 from jaxpto.workflows import phase as phase_mod
+from jaxpto.workflows.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from jaxpto.workflows.polarization import born_charges, find_cell_topology, mean_polarization
 from jaxpto.workflows.structures import MD_A, MD_C, NVT_A, NVT_C, POLAR_SHIFTS, polar_supercell
 
 STUDY_TEMPERATURES = tuple(float(t) for t in range(300, 1001, 100))
-CHECKPOINT_VERSION = 1
+FINGERPRINT_VERSION = 1  # what the protocol fingerprint covers; the file format: checkpoint.VERSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,8 @@ class SweepProtocol:
         if self.steps % self.record_every or self.chunk_steps % self.record_every:
             raise ValueError(f"steps ({self.steps}) and chunk_steps ({self.chunk_steps}) must be multiples "
                              f"of record_every ({self.record_every})")
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.timestep_fs <= 0 or self.average_last_ps <= 0:
             raise ValueError("timestep_fs and average_last_ps must be positive")
         born_charges(self.charges)  # validates the name
@@ -105,7 +109,7 @@ class SweepProtocol:
         return d
 
     def fingerprint(self, model_name: str) -> str:
-        blob = json.dumps({"protocol": self.to_dict(), "model": model_name, "v": CHECKPOINT_VERSION}, sort_keys=True)
+        blob = json.dumps({"protocol": self.to_dict(), "model": model_name, "v": FINGERPRINT_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -124,8 +128,55 @@ def study_nvt(**overrides) -> SweepProtocol:
 # ---------------------------------------------------------------------------------------------
 
 
+def sweep_memory_bytes(p: SweepProtocol, cutoff: float = 0.0, itemsize: int = 4) -> int:
+    """A lower bound of the memory (bytes) a sweep's state takes: ``R`` replicas of ``N = 5 n^3`` atoms.
+
+    Per atom and replica: ~10 float 3-vectors (positions, momenta, forces, the integrator's
+    copies, the neighbour list's reference positions); with ``cutoff > 0`` also the neighbour
+    list, ``K`` slots of an int32 index and a 3-vector image offset, ``K = 1.3 rho 4/3 pi
+    (cutoff + skin)^3`` at the starting cell's density ``rho``. The model's own memory (torch
+    graphs, activations) comes on top.
+    """
+    n_atoms = 5 * p.supercell**3
+    per_atom = 10 * 3 * itemsize
+    if cutoff > 0:
+        density = 5.0 / (p.a * p.a * p.c)
+        slots = math.ceil(1.3 * density * 4.0 / 3.0 * math.pi * (cutoff + p.skin) ** 3)
+        per_atom += slots * (4 + 3 * itemsize)
+    return n_atoms * len(p.temperatures_k) * per_atom
+
+
+def available_memory_bytes() -> tuple[int, str]:
+    """``(bytes, what)``: the device memory on a GPU, else the machine's physical memory."""
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        try:
+            limit = (dev.memory_stats() or {}).get("bytes_limit")
+        except Exception:  # not every backend reports memory
+            limit = None
+        if limit:
+            return int(limit), f"memory of {dev.device_kind}"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory of this machine"
+
+
+def check_sweep_memory(p: SweepProtocol, cutoff: float = 0.0, itemsize: int = 4) -> None:
+    """A clear error before anything is allocated if the sweep's state alone cannot fit in memory."""
+    need = sweep_memory_bytes(p, cutoff, itemsize)
+    have, what = available_memory_bytes()
+    if need > have:
+        n_atoms = 5 * p.supercell**3
+        raise ValueError(f"a sweep of {len(p.temperatures_k)} temperature(s) x {n_atoms:,} atoms (supercell "
+                         f"{p.supercell}, i.e. {p.supercell}^3 PbTiO3 cells) needs at least {need / 2**30:,.1f} GiB "
+                         f"for its state alone, more than the {have / 2**30:,.1f} GiB {what}; use a smaller "
+                         "--supercell or fewer --temperatures")
+
+
+
 def _initial(model: Model, p: SweepProtocol, dtype, devices=None):
     from jaxpto.integrators import langevin, melchionna_npt, replica_exchange
+
     from jaxpto.simulate import state_from_atoms
 
     atoms0 = polar_supercell(p.supercell, p.a, p.c, p.shifts)
@@ -191,36 +242,35 @@ def make_recorder(atoms0, p: SweepProtocol, dtype) -> Callable[[MDState], dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_host(tree):
-    return tree_to_host(tree)
+def save_checkpoint(path: str, fingerprint: str, run: dict, state: MDState, protocol: "SweepProtocol",
+                    model_name: str) -> None:
+    """Write the sweep's progress ``run`` and ``state`` to ``path`` (data only, with a SHA-256
+    checksum; :mod:`jaxpto.workflows.checkpoint`), atomically: a kill or a full disk keeps the
+    previous checkpoint and leaves no temporary file."""
+    header = {"fingerprint": fingerprint, "model": model_name, "protocol": protocol.to_dict(),
+              "done_steps": int(run["done_steps"]), "active": [int(i) for i in run["active"]],
+              "status": run["status"], "timing": run["timing"]}
+    arrays = {f"series.{k}": np.asarray(v) for k, v in run["series"].items()}
+    write_checkpoint(path, header, arrays, state)
 
 
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Write ``payload`` atomically (a temporary file renamed over the old one): a kill never
-    leaves a half-written checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def load_checkpoint(path: str, fingerprint: str, template: MDState) -> dict | None:
+    """The run saved at ``path`` (``done_steps``, ``active``, ``status``, ``series``, ``timing``,
+    ``state``) if it belongs to this sweep (same protocol and model), None if there is no file.
 
-
-def load_checkpoint(path: str, fingerprint: str) -> dict | None:
-    """The checkpoint at ``path`` if it belongs to this sweep (same protocol and model), else an error.
-
-    Checkpoints are pickles written by :func:`save_checkpoint`: load only your own files.
+    The state is rebuilt on ``template`` (the sweep's fresh state); any file that is not an intact
+    checkpoint of this sweep is a :class:`~jaxpto.workflows.checkpoint.CheckpointError` naming it.
     """
     if not path or not os.path.exists(path):
         return None
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-    if payload.get("fingerprint") != fingerprint:
-        raise ValueError(f"checkpoint {path} belongs to a different protocol or model "
-                         f"(fingerprint {payload.get('fingerprint')} != {fingerprint}); use another output "
-                         "directory, or delete the checkpoint to start this sweep afresh")
-    return payload
+    header, arrays, state = read_checkpoint(path, template)
+    if header.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"checkpoint {path} belongs to a different protocol or model "
+                              f"(fingerprint {header.get('fingerprint')} != {fingerprint}); use another output "
+                              "directory, or delete the checkpoint to start this sweep afresh")
+    series = {k[len("series."):]: np.array(v) for k, v in arrays.items() if k.startswith("series.")}
+    return {"done_steps": int(header["done_steps"]), "active": list(header["active"]), "status": header["status"],
+            "series": series, "timing": header["timing"], "state": state}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,10 +337,15 @@ def run_sweep(model: Model, protocol: SweepProtocol, *, model_name: str | None =
     p = protocol
     model_name = model_name or getattr(model, "name", "model")
     fp = p.fingerprint(model_name)
+    note = averaging_window_note(p)
+    if note:
+        warnings.warn(f"{p.ensemble.upper()} sweep: {note}", RuntimeWarning, stacklevel=2)
+    itemsize = np.dtype(dtype or (np.float64 if jax.config.jax_enable_x64 else np.float32)).itemsize
+    check_sweep_memory(p, cutoff=model.cutoff or 0.0, itemsize=itemsize)
     atoms0, state, integ = _initial(model, p, dtype, devices)
     record = make_recorder(atoms0, p, state.positions.dtype)
     R = len(p.temperatures_k)
-    run = _resume(checkpoint, fp) if checkpoint else None
+    run = load_checkpoint(checkpoint, fp, state) if checkpoint else None
     if run is None:
         run = _fresh_run(record, state, p, R)
     if "state" in run:  # resumed: on the fresh state's devices
@@ -312,10 +367,9 @@ def run_sweep(model: Model, protocol: SweepProtocol, *, model_name: str | None =
             run["timing"]["steps"] += chunk.records["temperature"].shape[0] * p.record_every
         state = chunk.state
         if checkpoint:
-            host_state = _to_host(state)  # every process takes part in gathering the replicas
+            host_state = tree_to_host(state)  # every process takes part in gathering the replicas
             if is_main_process():
-                save_checkpoint(checkpoint, {"fingerprint": fp, **run, "state": host_state, "protocol": p.to_dict(),
-                                             "model": model_name})
+                save_checkpoint(checkpoint, fp, run, host_state, p, model_name)
         timing = run["timing"]
         bar.update(run["done_steps"], timing["steps"] / timing["seconds"] if timing["seconds"] > 0 else None)
         if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
@@ -331,18 +385,6 @@ def _fresh_run(record, state, p: SweepProtocol, R: int) -> dict:
     return {"done_steps": 0, "active": list(range(R)), "series": series,
             "status": [{"status": "running", "stopped_at_step": None, "reason": None} for _ in range(R)],
             "timing": {"seconds": 0.0, "steps": 0, "first_chunk_seconds": None}}
-
-
-def _resume(checkpoint: str, fingerprint: str) -> dict | None:
-    saved = load_checkpoint(checkpoint, fingerprint)
-    if saved is None:
-        return None
-    run = {k: saved[k] for k in ("done_steps", "active", "status", "series", "timing")}
-    run["done_steps"] = int(run["done_steps"])
-    run["active"] = list(run["active"])
-    run["state"] = jax.tree_util.tree_map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x,
-                                          saved["state"])
-    return run
 
 
 def _molten_rule(start, end, records) -> list:
@@ -414,6 +456,19 @@ def series_by_walker(series: dict) -> dict:
     return out
 
 
+def averaging_window_note(p: SweepProtocol) -> str | None:
+    """Why the averaging window is shorter than ``average_last_ps`` (the run is too short), or None.
+
+    The window is at most the second half of the run (the first half is equilibration).
+    """
+    run_ps = p.steps * p.timestep_fs * 1e-3
+    if p.average_last_ps <= 0.5 * run_ps * (1 + 1e-9):
+        return None
+    return (f"averaging window cut: the last {p.average_last_ps:g} ps were asked for, but the run is "
+            f"{run_ps:g} ps ({p.steps} steps of {p.timestep_fs:g} fs), so the averages are over its second half, "
+            f"{0.5 * run_ps:g} ps")
+
+
 def _window(series_time_ps, p: SweepProtocol, done_steps: int):
     """Indices of the averaging window: the last ``average_last_ps`` (at most the second half)."""
     n_done = done_steps // p.record_every
@@ -466,7 +521,8 @@ def summarize(series, status, p: SweepProtocol, model_name: str, *, n_atoms: int
                          phase="molten" if (st["status"] == "molten" or rms > phase_mod.MOLTEN_SITE_RMS) else "ordered")
         replicas.append(entry)
     out = {"ensemble": p.ensemble, "model": model_name, "protocol": p.to_dict(), "averaging_window_ps": window_ps,
-           "done_steps": done_steps, "replicas": replicas, "n_atoms": n_atoms}
+           "averaging_note": averaging_window_note(p), "done_steps": done_steps, "replicas": replicas,
+           "n_atoms": n_atoms}
     temps = [r["temperature_k"] for r in replicas]
     if p.ensemble == "nvt":
         pz = [r.get("pz", np.nan) if r["status"] != "blew_up" else np.nan for r in replicas]
