@@ -181,6 +181,7 @@ def _twin_disagreement(dyn, state):
     a.calc = dyn._atoms_list[0].calc
     e = a.get_potential_energy()
     f = a.get_forces()
+    dyn._results_template = _results_template(a.calc)
     tol = 1e-8 if dyn.dtype == jnp.float64 else 1e-4
     ej = float(state.energy[0])
     fj = np.asarray(state.forces[0])
@@ -220,7 +221,18 @@ def _bridge_disagreement(dyn, state):
         ds = 0.0 if s is None else float(np.abs(np.asarray(state.stress[0], dtype=float) - s).max())
         if not (ds <= BRIDGE_S_TOL):
             problems.append(f"max |dS| = {ds:.2e} eV/A^3 > {BRIDGE_S_TOL:g}")
+    dyn._results_template = _results_template(a.calc)
     return "; ".join(problems) if problems else None
+
+
+def _results_template(calc) -> dict:
+    """``{name: (dtype, shape)}`` of the energy, free energy, forces and stress as ``calc`` itself stores
+    them in ``calc.results`` (e.g. CHGNet: float32 forces, a 3x3 stress; EMT: float64, a Voigt
+    6-vector), so that the simulated results written back (and hence trajectory frames) are what ASE
+    writes when it runs the calculator itself."""
+    results = getattr(calc, "results", None) or {}
+    return {k: (np.asarray(results[k]).dtype, np.shape(results[k]))
+            for k in ("energy", "free_energy", "forces", "stress") if k in results}
 
 
 # ---------------------------------------------------------------------------
@@ -358,6 +370,7 @@ class _JaxDynamics(IOContext):
         self._state = None
         self._integrator = None
         self._written = None
+        self._results_template = None  # the calculator's own dtypes/shapes, from the first-configuration check
         self._time_elapsed = 0.0
         self._check_atoms()
         self.masses = self._atoms_list[0].get_masses().reshape(-1, 1)
@@ -660,13 +673,15 @@ class _JaxDynamics(IOContext):
             a.set_cell(cell[r], scale_atoms=False)
             a.set_positions(pos[r], apply_constraint=False)
             a.set_momenta(mom[r], apply_constraint=False)
-            self._set_results(a, energy[r], forces[r], stress[r], finite[r])
+            self._set_results(a, energy[r], forces[r], stress[r], finite[r], self._results_template)
             written.append((a.positions.copy(), a.get_momenta().copy(), a.cell.array.copy()))
         self._written = written
 
     @staticmethod
-    def _set_results(a, energy, forces, stress, finite):
-        """The simulated results in ``a.calc``'s cache.
+    def _set_results(a, energy, forces, stress, finite, template=None):
+        """The simulated results in ``a.calc``'s cache, with the dtypes and shapes of ``template``
+        (:func:`_results_template`; the calculator's own on the first configuration), else ASE's
+        defaults (float64; stress as a Voigt 6-vector).
 
         A replica whose coordinates are not finite gets a :class:`NonFiniteStateCalculator` holding
         NaN results (the model's numbers at NaN positions mean nothing, and ASE's own calculators
@@ -687,6 +702,13 @@ class _JaxDynamics(IOContext):
         results = {"energy": float(energy), "free_energy": float(energy), "forces": forces.copy()}
         if a.cell.rank == 3 and all(a.pbc):
             results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        for key, (dtype, shape) in (template or {}).items():
+            if key not in results:
+                continue
+            value = np.asarray(stress if key == "stress" and shape == (3, 3) else results[key])
+            if value.shape != shape:  # a template that does not fit these results: ASE's defaults
+                continue
+            results[key] = value.astype(dtype) if shape else dtype.type(value)
         if isinstance(calc, BaseCalculator) and hasattr(calc, "results"):
             calc.atoms = a.copy()
             calc.results = results

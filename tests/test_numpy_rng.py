@@ -7,6 +7,7 @@ instead of 0.5488). Importing jaxpto must not change the generator, and the dyna
 draw nothing in ASE (the deterministic ones) draw nothing in jaxpto either.
 """
 
+import functools
 import subprocess
 import sys
 import warnings
@@ -33,6 +34,7 @@ print(int(same), repr(np.random.random()))
 """
 
 
+@functools.lru_cache(maxsize=None)  # the ASE reference is probed once per session
 def _probe(imports: str):
     out = subprocess.run([sys.executable, "-c", _PROBE.format(imports=imports)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, check=True).stdout.split()
