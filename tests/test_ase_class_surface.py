@@ -291,6 +291,9 @@ def test_step_is_one_step_without_counting_or_observing(lj_model):
     ase.run(2)
     _same_atoms(jax.atoms, ase.atoms)
     assert jax.nsteps == 2 and len(seen) == 3
+
+
+def test_npt_step_after_initialize_equals_ase(lj_model):
     ase, jax = _both(lj_model, npt.NPT, jmd.NPT, temperature_K=300, externalstress=0.0, ttime=25 * units.fs,
                      pfactor=75.0**2 * units.fs)
     for dyn in (ase, jax):
