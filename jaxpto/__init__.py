@@ -6,11 +6,22 @@ Float64 is used when ``jax_enable_x64`` is on (verification); float32 otherwise.
 
 __version__ = "0.1.0"
 
-from jaxpto import host_allocator  # noqa: E402,F401  (tune() is called where torch models are loaded)
-from jaxpto.calculator import JaxptoCalculator  # noqa: E402
-from jaxpto.model import Model, ModelOutput, energy_model, site_energy_model  # noqa: E402
-from jaxpto.simulate import run, state_from_atoms  # noqa: E402
-from jaxpto.state import MDState  # noqa: E402
+import numpy as _np  # noqa: E402
+
+# Importing JAX draws from NumPy's global random generator (jax._src.clusters.k8s_cluster calls
+# np.random.rand at import), so a script that seeds np.random before its imports would get other
+# numbers (e.g. Maxwell-Boltzmann velocities) after swapping ASE's dynamics for jaxpto's. The
+# generator's state is put back as it was: importing jaxpto leaves it untouched.
+_numpy_rng_state = _np.random.get_state()
+try:
+    from jaxpto import host_allocator  # noqa: E402,F401  (tune() is called where torch models are loaded)
+    from jaxpto.calculator import JaxptoCalculator  # noqa: E402
+    from jaxpto.model import Model, ModelOutput, energy_model, site_energy_model  # noqa: E402
+    from jaxpto.simulate import run, state_from_atoms  # noqa: E402
+    from jaxpto.state import MDState  # noqa: E402
+finally:
+    _np.random.set_state(_numpy_rng_state)
+    del _numpy_rng_state
 
 __all__ = ["JaxptoCalculator", "MDState", "Model", "ModelOutput", "energy_model", "site_energy_model", "run", "state_from_atoms",
            "load_model", "known_models", "__version__"]

@@ -280,8 +280,14 @@ def _q_future(q, q_past, forces, masses, h, inv_h, eta, zeta, dt):
 
 
 @functools.partial(jax.jit, static_argnames=("dt", "mask", "frac_traceless"))
-def _initialize(state: MDState, kT, ext, ttime_a, pfactor_a, thermostat, barostat, *, dt, mask, frac_traceless):
-    """ASE's ``__init__`` (centre-of-mass momentum, constants) and ``initialize()`` (the backwards step)."""
+def _initialize(state: MDState, kT, ext, ttime_a, pfactor_a, thermostat, barostat, overrides, *, dt, mask,
+                frac_traceless):
+    """ASE's ``__init__`` (centre-of-mass momentum, constants) and ``initialize()`` (the backwards step).
+
+    ``overrides``: a dict of ``[R]``/``[R,3,3]`` arrays among ``eta``, ``zeta``, ``zeta_integrated``,
+    ``tfact``, ``pfact``, ``desired_ekin`` that replace the values ASE's ``__init__`` would start
+    from, exactly where ASE's ``initialize()`` reads them (a dynamics restored from a trajectory,
+    ``read_from_trajectory``, sets these attributes before its first step)."""
     R, N = state.n_replicas, state.n_atoms
     dtype = state.positions.dtype
     mask_j = jnp.asarray(np.reshape(mask, (3, 3)), dtype)
@@ -295,13 +301,16 @@ def _initialize(state: MDState, kT, ext, ttime_a, pfactor_a, thermostat, barosta
     tfact = jnp.where(thermostat, 2.0 / (3 * N * kT * safe_ttime * safe_ttime), 0.0)
     pfact = jnp.where(barostat, 1.0 / jnp.where(barostat, pfactor_a * det_h, 1.0), 0.0)
     desired_ekin = 1.5 * (N - 1) * kT
+    tfact = overrides.get("tfact", tfact)
+    pfact = overrides.get("pfact", pfact)
+    desired_ekin = overrides.get("desired_ekin", desired_ekin)
     upper = (h[:, 1, 0] == 0) & (h[:, 2, 0] == 0) & (h[:, 2, 1] == 0)
 
     # initialize(): the backwards step.
     inv_h = jnp.linalg.inv(h)
     q = state.positions @ inv_h - 0.5
-    eta = jnp.zeros((R, 3, 3), dtype)
-    zeta = jnp.zeros((R,), dtype)
+    eta = overrides.get("eta", jnp.zeros((R, 3, 3), dtype))
+    zeta = overrides.get("zeta", jnp.zeros((R,), dtype))
     h_past = h - dt * (h @ eta)
     stress = _stress_with_ideal_gas(state)
     deltaeta = (-dt * pfact * det_h)[:, None] * (stress - ext)
@@ -329,7 +338,7 @@ def _initialize(state: MDState, kT, ext, ttime_a, pfactor_a, thermostat, barosta
     variables = MelchionnaVariables(
         q=q, q_past=q_past, q_future=q_future, h_past=h_past,
         eta=eta, eta_past=eta_past, zeta=zeta, zeta_past=zeta_past,
-        zeta_integrated=jnp.zeros((R,), dtype),
+        zeta_integrated=overrides.get("zeta_integrated", jnp.zeros((R,), dtype)),
         kT=kT, externalstress=ext, ttime=ttime_a, pfactor=pfactor_a, tfact=tfact, pfact=pfact,
         desired_ekin=desired_ekin, thermostat=thermostat, barostat=barostat, upper=upper,
     )
@@ -345,17 +354,21 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
     ``set_fraction_traceless``): fraction of the traceless part of the force on
     ``eta`` that is kept (0: volume changes, shape does not).
 
-    ``init(state, temperature_K, *, ttime, pfactor, externalstress=None)``; each may
+    ``init(state, temperature_K, *, ttime, pfactor, externalstress=None, **start)``; each may
     be one value or one per replica; ``ttime``/``pfactor`` may be ``None`` (thermostat /
     barostat off, as ASE), also per replica; ``externalstress`` is a pressure, a Voigt
     6-vector or a symmetric 3x3 (eV/A^3, ASE sign), or ``[R]``, ``[R,6]``, ``[R,3,3]``;
-    it is required when a barostat is on (as in ASE) and defaults to 0 otherwise.
+    it is required when a barostat is on (as in ASE) and defaults to 0 otherwise. ``start``
+    (optional, per replica or one value): ``eta`` [3,3], ``zeta``, ``zeta_integrated``, ``tfact``,
+    ``pfact``, ``desired_ekin``, the values the backwards start-up step takes instead of ASE's
+    defaults (zero strain rate and friction; constants from the temperature and the current cell),
+    e.g. to continue a run restored from a trajectory.
     """
     dt = check_timestep(dt)
     mask_np = _mask_3x3(mask)
     frac_traceless = float(frac_traceless)
 
-    def init(state: MDState, temperature_K, *, ttime, pfactor, externalstress=None) -> MDState:
+    def init(state: MDState, temperature_K, *, ttime, pfactor, externalstress=None, **start) -> MDState:
         R = state.n_replicas
         dtype = state.positions.dtype
         _check_triangular(state.cell)
@@ -376,7 +389,7 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
         pfactor_a = jnp.asarray(p_vals, dtype)
         thermostat = jnp.asarray(t_on)
         barostat = jnp.asarray(p_on)
-        return _initialize(state, kT, ext, ttime_a, pfactor_a, thermostat, barostat,
+        return _initialize(state, kT, ext, ttime_a, pfactor_a, thermostat, barostat, _start_values(start, R, dtype),
                            dt=dt, mask=tuple(mask_np.ravel().tolist()), frac_traceless=frac_traceless)
 
     def step(state: MDState) -> MDState:
@@ -410,17 +423,77 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
                       exchange_variables=melchionna_exchange_variables)
 
 
-def melchionna_set_parameters(state: MDState, temperature_K=None, externalstress=None) -> MDState:
-    """ASE's ``set_temperature`` and ``set_stress`` for a running state (K; eV/A^3, ASE sign).
+_START_SHAPES = {"eta": (3, 3), "zeta": (), "zeta_integrated": (), "tfact": (), "pfact": (), "desired_ekin": ()}
 
-    As ASE's ``_calculateconstants``: a new temperature recomputes ``tfact``, ``desired_ekin``
-    and ``pfact = 1 / (pfactor det h)`` with the *current* cell; a new stress only replaces it.
+
+def _start_values(start: dict, R: int, dtype) -> dict:
+    """The ``start`` keywords of ``init`` as ``[R, ...]`` arrays (one value broadcast to every replica)."""
+    unknown = sorted(set(start) - set(_START_SHAPES))
+    if unknown:
+        raise TypeError(f"melchionna_npt init: unknown start value(s) {unknown}; known: {sorted(_START_SHAPES)}")
+    out = {}
+    for name, value in start.items():
+        if value is None:
+            continue
+        shape = _START_SHAPES[name]
+        a = np.asarray(value, dtype=float)
+        if a.shape == shape:
+            a = np.broadcast_to(a, (R,) + shape)
+        if a.shape != (R,) + shape or not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} must be finite with shape {shape} or {(R,) + shape}, got {np.shape(value)}")
+        out[name] = jnp.asarray(a, dtype)
+    return out
+
+
+def melchionna_strain_rate(state: MDState, eta, *, dt: float, mask=None, frac_traceless: float = 1.0) -> MDState:
+    """ASE's ``set_strain_rate`` on a running state: the strain rate ``eta`` ([R,3,3] or one [3,3],
+    triangular like the cell, 1/ASE time) replaced, and ``h(t-dt)``, ``eta(t-dt)`` recomputed from it as
+    ASE's ``_initialize_eta_h``: ``h_past = h - dt h eta``, ``eta_past = eta - mask * tri(etadot) dt``
+    with ``etadot`` from the current stress (ideal-gas part included). The scaled positions are kept,
+    as ASE keeps them."""
+    v: MelchionnaVariables = state.variables
+    R = state.n_replicas
+    dtype = state.positions.dtype
+    eta = np.asarray(eta, dtype=float)
+    eta = np.broadcast_to(eta, (R, 3, 3)) if eta.shape == (3, 3) else eta
+    if eta.shape != (R, 3, 3):
+        raise ValueError(f"the strain rate must be a triangular 3x3 matrix (or one per replica), got shape {eta.shape}")
+    eta = jnp.asarray(eta, dtype)
+    h = state.cell
+    h_past = h - dt * (h @ eta)
+    deltaeta = (-dt * v.pfact * jnp.linalg.det(h))[:, None] * (_stress_with_ideal_gas(state) - v.externalstress)
+    deltaeta = jnp.where(v.barostat[:, None], deltaeta, 0.0)
+    mask_j = jnp.asarray(_mask_3x3(mask), dtype)
+    eta_past = eta - _eta_increment(_maketriangular(deltaeta, v.upper), mask_j, frac_traceless)
+    return state.replace(variables=v.replace(eta=eta, eta_past=eta_past, h_past=h_past))
+
+
+_UNCHANGED = object()
+
+
+def melchionna_set_parameters(state: MDState, temperature_K=None, externalstress=None, *, ttime=_UNCHANGED,
+                              pfactor=_UNCHANGED) -> MDState:
+    """ASE's ``set_temperature``, ``set_stress`` and ``_calculateconstants`` for a running state.
+
+    Temperatures in K, stresses in eV/A^3 (ASE sign), ``ttime`` in ASE time and ``pfactor`` as
+    ``melchionna_npt``; ``ttime``/``pfactor`` given as None (or None per replica) switch the
+    thermostat/barostat off, as in ASE. As ASE's ``_calculateconstants``: a new temperature,
+    ``ttime`` or ``pfactor`` recomputes ``tfact``, ``desired_ekin`` and ``pfact = 1 / (pfactor det h)``
+    with the *current* cell; a new stress only replaces it.
     """
     v: MelchionnaVariables = state.variables
     R, N = state.n_replicas, state.n_atoms
     dtype = state.positions.dtype
     if externalstress is not None:
         v = v.replace(externalstress=jnp.asarray(_external_stress(externalstress, R), dtype))
+    if ttime is not _UNCHANGED:
+        t_vals, t_on = _optional_per_replica(ttime, R, "ttime")
+        v = v.replace(ttime=jnp.asarray(t_vals, dtype), thermostat=jnp.asarray(t_on))
+    if pfactor is not _UNCHANGED:
+        p_vals, p_on = _optional_per_replica(pfactor, R, "pfactor")
+        v = v.replace(pfactor=jnp.asarray(p_vals, dtype), barostat=jnp.asarray(p_on))
+    if temperature_K is None and (ttime is not _UNCHANGED or pfactor is not _UNCHANGED):
+        temperature_K = np.asarray(to_host(v.kT), float) / units.kB
     if temperature_K is not None:
         T = np.asarray(per_replica(temperature_K, R, "temperature_K", np.float64))
         if np.any(T < 0) or np.any(to_host(v.thermostat) & (T <= 0)):
