@@ -70,7 +70,14 @@ KNOWN_MODELS: dict[str, tuple[str, str]] = {
 #   looks_like(path) -> bool          (optional: is this file a checkpoint of this family?)
 #   efs_from_calculator(calc) -> EFS | None   (optional: reuse an ASE calculator's loaded model)
 TORCH_FAMILIES = ("sevenn", "chgnet", "mace", "orb", "matgl", "deepmd")
-FAMILIES = TORCH_FAMILIES + ("jax",)
+FAMILIES = TORCH_FAMILIES + ("jax", "student")
+
+
+def _is_student_file(path) -> bool:
+    """A JAX-native student written by ``jaxpto distill`` (:mod:`jaxpto.potentials.student`)."""
+    from jaxpto.potentials.student import looks_like_student
+
+    return looks_like_student(str(path))
 
 
 def register(name: str, family: str, description: str) -> None:
@@ -107,8 +114,10 @@ def detect_family(path: str) -> str | None:
 
 
 def is_jax_native(name_or_path) -> bool:
-    """True for the JAX-native potentials' names ("emt", "lj"); False for torch models and files."""
-    return KNOWN_MODELS.get(str(name_or_path).strip().lower(), ("",))[0] == "jax"
+    """True for the JAX-native potentials' names ("emt", "lj") and student files; False for torch models."""
+    if KNOWN_MODELS.get(str(name_or_path).strip().lower(), ("",))[0] == "jax":
+        return True
+    return os.path.isfile(str(name_or_path)) and _is_student_file(name_or_path)
 
 
 def known_models() -> list[str]:
@@ -150,8 +159,9 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         "chgnet-0.2.0", "chgnet-r2scan", "mace-mp-0b-medium" and the other MACE foundation
         models, "orb-v2", ..., "m3gnet-mp-2021.2.8-pes", ..., "emt", "lj"), case insensitive, or a
         checkpoint file/directory (a MACE ``.model``, an ORB checkpoint, a matgl ``Potential.save``
-        directory, a deepmd-kit ``.pth``/``.pt``, a SevenNet or CHGNet checkpoint) whose family is
-        detected from its content, or given with ``family``. Models downloaded by their package
+        directory, a deepmd-kit ``.pth``/``.pt``, a SevenNet or CHGNet checkpoint, a student
+        ``.npz`` written by ``jaxpto distill``) whose family is detected from its content, or
+        given with ``family``. Models downloaded by their package
         (MACE, ORB, matgl) use the package's own cache; offline and not cached, loading fails
         within seconds with the URL and how to pass a local file.
     family:
@@ -194,6 +204,10 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
     if os.path.isfile(name_or_path) or os.path.isdir(name_or_path):  # matgl saves a directory
         if family == "jax":
             raise ValueError(f"{name_or_path!r} is a file or directory; the JAX-native potentials are loaded by name")
+        if family == "student" or (family is None and _is_student_file(name_or_path)):
+            from jaxpto.potentials.student import load_student
+
+            return load_student(name_or_path)
         fam = family or detect_family(name_or_path)
         if fam is None:
             raise ValueError(f"cannot tell which model family {name_or_path!r} belongs to: give "

@@ -7,6 +7,8 @@
 * ``jaxpto relax | phonons | npt-sweep | nvt-polarization``: one part each, same options and the
   same ``results.json``.
 * ``jaxpto verify``: every integrator against ASE, step for step, in float64.
+* ``jaxpto distill``: a fast JAX-native student of any model (teacher MD data, training,
+  active-sampling rounds, validation report); ``--data`` trains or fine-tunes on labelled files.
 
 Running the same command again resumes: finished parts are kept, interrupted sweeps continue.
 """
@@ -107,6 +109,106 @@ def _run_pto(args, parts, parser) -> int:
     return 0 if data["models"] else 1
 
 
+def _architecture(text: str) -> dict:
+    """``key=value,key=value`` (hidden layers as 32x32) into StudentConfig settings."""
+    out = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"--architecture expects key=value items, got {item!r}")
+        key, value = (x.strip() for x in item.split("=", 1))
+        try:
+            if key == "hidden":
+                out[key] = tuple(int(v) for v in value.split("x"))
+            elif key.startswith("rc_"):
+                out[key] = float(value)
+            else:
+                out[key] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--architecture: bad value {value!r} for {key}") from None
+    return out
+
+
+def _add_distill(sub) -> None:
+    d = sub.add_parser("distill", help="train a fast JAX-native student of any model (or on labelled data)")
+    d.add_argument("--teacher", help="teacher model name or file (any model load_model takes), e.g. chgnet-0.3.0")
+    d.add_argument("--out", required=True, help="output directory (data, student.npz, report.md, figures)")
+    d.add_argument("--structure", help="crystal to distill on instead of PbTiO3 (any file ASE reads)")
+    d.add_argument("--data", action="append", default=[],
+                   help="labelled extxyz (energy eV, forces eV/A, stress eV/A^3); repeatable. Frames with an info "
+                        "'validation' flag are split by it, else every 5th frame is held out")
+    d.add_argument("--init", help="student file to fine-tune (with --data: the study's fine-tuning remedy)")
+    d.add_argument("--temperatures", type=_floats, help="teacher-MD temperatures in K (default 300,500,...,1300)")
+    d.add_argument("--steps", type=int, help="teacher-MD steps of the small cells (default 400; large cells half)")
+    d.add_argument("--steps-large", type=int, help="teacher-MD steps of the large cells (0: no large cells)")
+    d.add_argument("--static-cells", type=int, help="5-atom cells labelled on a (a, c/a, polar) grid (default 300)")
+    d.add_argument("--rounds", type=int, help="active-sampling rounds with the student's own MD (default 1)")
+    d.add_argument("--epochs", type=int, help="training epochs of the first student (default 200)")
+    d.add_argument("--round-epochs", type=int, help="epochs after each round (default 60)")
+    d.add_argument("--batch-atoms", type=int, help="atoms per minibatch (default 320)")
+    d.add_argument("--learning-rate", type=float, help="initial Adam learning rate (default 3e-3)")
+    d.add_argument("--architecture", type=_architecture,
+                   help="student settings, e.g. rc_radial=6,rc_angular=4.5,n_radial=8,n_angular=6,l_max=4,hidden=32")
+    d.add_argument("--seed", type=int, default=0, help="random seed (data, split, initial weights, batches)")
+    d.add_argument("--no-report", action="store_true", help="skip the validation report")
+    d.add_argument("--report-only", action="store_true", help="only (re)write the validation report of OUT/student.npz")
+
+
+def _run_distill(args, parser) -> int:
+    import dataclasses
+
+    from jaxpto.workflows.distill import DEFAULT_ARCHITECTURE, DistillSettings, distill
+
+    if not args.teacher and not args.data:
+        parser.error("give --teacher (a model to distill) and/or --data (labelled extxyz files)")
+    if args.seed is not None and args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    for name in ("steps", "static_cells", "rounds", "epochs", "round_epochs", "batch_atoms"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name in ("static_cells", "rounds") else 1):
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {v}")
+    base = DistillSettings(teacher=args.teacher)
+    kw = {"data": tuple(args.data), "init": args.init, "seed": args.seed}
+    if args.structure:
+        kw["structure"] = args.structure
+    if args.temperatures:
+        kw["temperatures"] = args.temperatures
+    if args.steps:
+        kw["steps_small"] = args.steps
+        kw["steps_large"] = max(10, 10 * round(args.steps / 2 / 10))
+        if args.steps % 10:
+            parser.error(f"--steps must be a multiple of 10 (frames are recorded every 10 steps), got {args.steps}")
+    if args.steps_large is not None:
+        if args.steps_large < 0 or args.steps_large % 10:
+            parser.error(f"--steps-large must be a multiple of 10 (or 0), got {args.steps_large}")
+        kw["steps_large"] = args.steps_large
+    if args.static_cells is not None:
+        kw["static_cells"] = args.static_cells
+    if args.rounds is not None:
+        kw["rounds"] = args.rounds
+    if args.round_epochs:
+        kw["round_plan"] = dataclasses.replace(base.round_plan, epochs=args.round_epochs)
+    if args.architecture:
+        arch = {**DEFAULT_ARCHITECTURE, **args.architecture}
+        kw["architecture"] = tuple(sorted(arch.items()))
+    tkw = {k: v for k, v in (("epochs", args.epochs), ("batch_atoms", args.batch_atoms),
+                             ("learning_rate", args.learning_rate)) if v is not None}
+    tkw["seed"] = args.seed
+    kw["train"] = dataclasses.replace(base.train, **tkw)
+    try:
+        settings = dataclasses.replace(base, **kw)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    if not args.report_only:
+        summary = distill(settings, args.out)
+        print(f"student: {summary['student']}")
+    if not args.no_report:
+        from jaxpto.workflows.distill_report import write_report
+
+        path = write_report(args.out)
+        print(f"report: {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxpto", description="JAX-native molecular dynamics for ML force fields")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,7 +225,10 @@ def main(argv=None) -> int:
     for cmd, parts in PART_COMMANDS.items():
         sp = sub.add_parser(cmd, help=f"PTO-test part(s): {', '.join(parts)}")
         _add_pto_options(sp)
+    _add_distill(sub)
     args = parser.parse_args(argv)
+    if args.command == "distill":
+        return _run_distill(args, parser)
     if args.command == "verify":
         if args.steps < 1 or args.size < 1:
             parser.error("--steps and --size must be >= 1")
