@@ -32,6 +32,13 @@ def _floats(text: str) -> tuple:
     return vals
 
 
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
 def _add_pto_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=None,
                    help="model name or checkpoint path (repeat for several models; default chgnet-0.3.0). "
@@ -136,18 +143,29 @@ def _add_distill(sub) -> None:
     d.add_argument("--data", action="append", default=[],
                    help="labelled extxyz (energy eV, forces eV/A, stress eV/A^3); repeatable. Frames with an info "
                         "'validation' flag are split by it, else every 5th frame is held out")
+    d.add_argument("--configurations", action="append", default=[],
+                   help="structures for the teacher to label (any file ASE reads; its own labels are ignored), e.g. "
+                        "another teacher's OUT/data/*.extxyz: one teacher call per frame, for teachers too slow "
+                        "for MD; repeatable, resumable")
+    d.add_argument("--configurations-every", type=int, default=1,
+                   help="label every k-th frame of each trajectory in --configurations (default 1)")
     d.add_argument("--init", help="student file to fine-tune (with --data: the study's fine-tuning remedy)")
     d.add_argument("--temperatures", type=_floats, help="teacher-MD temperatures in K (default 300,500,...,1300)")
-    d.add_argument("--steps", type=int, help="teacher-MD steps of the small cells (default 400; large cells half)")
+    d.add_argument("--steps", type=int,
+                   help="teacher-MD steps of the small cells (default 400; large cells half; 0: no teacher MD)")
     d.add_argument("--steps-large", type=int, help="teacher-MD steps of the large cells (0: no large cells)")
     d.add_argument("--static-cells", type=int, help="5-atom cells labelled on a (a, c/a, polar) grid (default 300)")
     d.add_argument("--rounds", type=int, help="active-sampling rounds with the student's own MD (default 1)")
     d.add_argument("--epochs", type=int, help="training epochs of the first student (default 200)")
     d.add_argument("--round-epochs", type=int, help="epochs after each round (default 60)")
+    d.add_argument("--round-frames", type=_ints,
+                   help="frames labelled per student trajectory in each round, for the 40/135/625-atom cells "
+                        "(default 12,8,4; 0 skips that size)")
     d.add_argument("--batch-atoms", type=int, help="atoms per minibatch (default 320)")
-    d.add_argument("--learning-rate", type=float, help="initial Adam learning rate (default 3e-3)")
+    d.add_argument("--learning-rate", type=float,
+                   help="initial Adam learning rate (default 3e-3; with --init a tenth of it unless given)")
     d.add_argument("--architecture", type=_architecture,
-                   help="student settings, e.g. rc_radial=6,rc_angular=4.5,n_radial=8,n_angular=6,l_max=4,hidden=32")
+                   help="student settings, e.g. rc_radial=6,rc_angular=4.5,basis_radial=8,n_angular=6,l_max=4,hidden=32")
     d.add_argument("--seed", type=int, default=0, help="random seed (data, split, initial weights, batches)")
     d.add_argument("--no-report", action="store_true", help="skip the validation report")
     d.add_argument("--report-only", action="store_true", help="only (re)write the validation report of OUT/student.npz")
@@ -162,19 +180,22 @@ def _run_distill(args, parser) -> int:
         parser.error("give --teacher (a model to distill) and/or --data (labelled extxyz files)")
     if args.seed is not None and args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
-    for name in ("steps", "static_cells", "rounds", "epochs", "round_epochs", "batch_atoms"):
+    for name in ("steps", "static_cells", "rounds", "epochs", "round_epochs", "batch_atoms", "configurations_every"):
         v = getattr(args, name)
-        if v is not None and v < (0 if name in ("static_cells", "rounds") else 1):
+        if v is not None and v < (0 if name in ("steps", "static_cells", "rounds") else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {v}")
     base = DistillSettings(teacher=args.teacher)
-    kw = {"data": tuple(args.data), "init": args.init, "seed": args.seed}
+    kw = {"data": tuple(args.data), "init": args.init, "seed": args.seed,
+          "configurations": tuple(args.configurations), "configurations_every": args.configurations_every}
+    if args.configurations and not args.teacher:
+        parser.error("--configurations needs a --teacher to label them")
     if args.structure:
         kw["structure"] = args.structure
     if args.temperatures:
         kw["temperatures"] = args.temperatures
-    if args.steps:
+    if args.steps is not None:
         kw["steps_small"] = args.steps
-        kw["steps_large"] = max(10, 10 * round(args.steps / 2 / 10))
+        kw["steps_large"] = max(10, 10 * round(args.steps / 2 / 10)) if args.steps else 0
         if args.steps % 10:
             parser.error(f"--steps must be a multiple of 10 (frames are recorded every 10 steps), got {args.steps}")
     if args.steps_large is not None:
@@ -185,8 +206,19 @@ def _run_distill(args, parser) -> int:
         kw["static_cells"] = args.static_cells
     if args.rounds is not None:
         kw["rounds"] = args.rounds
+    plan = {}
     if args.round_epochs:
-        kw["round_plan"] = dataclasses.replace(base.round_plan, epochs=args.round_epochs)
+        plan["epochs"] = args.round_epochs
+    if args.round_frames is not None:
+        if len(args.round_frames) != len(base.round_plan.supercells) or min(args.round_frames) < 0:
+            parser.error(f"--round-frames needs {len(base.round_plan.supercells)} numbers >= 0 (40/135/625 atoms), "
+                         f"got {args.round_frames}")
+        keep = [k for k, n in enumerate(args.round_frames) if n > 0]
+        plan.update(supercells=tuple(base.round_plan.supercells[k] for k in keep),
+                    steps=tuple(base.round_plan.steps[k] for k in keep),
+                    frames_per_trajectory=tuple(args.round_frames[k] for k in keep))
+    if plan:
+        kw["round_plan"] = dataclasses.replace(base.round_plan, **plan)
     if args.architecture:
         arch = {**DEFAULT_ARCHITECTURE, **args.architecture}
         kw["architecture"] = tuple(sorted(arch.items()))

@@ -22,7 +22,7 @@ from jaxpto.workflows import distill_data as D
 from jaxpto.workflows import distill_train as T
 from jaxpto.workflows.structures import polar_supercell
 
-SMALL = dict(rc_radial=4.5, rc_angular=4.0, n_radial=4, n_angular=3, basis_radial=5, basis_angular=5, l_max=2,
+SMALL = dict(rc_radial=4.5, rc_angular=4.0, n_angular=3, basis_radial=5, basis_angular=5, l_max=2,
              hidden=(8,))
 
 
@@ -47,7 +47,7 @@ def pto_cell():
 
 @pytest.mark.parametrize("l_max,compact", [(4, True), (4, False), (2, True)])
 def test_forces_and_stress_are_autodiff_of_the_energy(pto_cell, l_max, compact):
-    cfg = S.StudentConfig(species=(8, 22, 82), rc_radial=5.0, rc_angular=4.0, n_radial=4, n_angular=3,
+    cfg = S.StudentConfig(species=(8, 22, 82), rc_radial=5.0, rc_angular=4.0, n_angular=3,
                           basis_radial=5, basis_angular=5, l_max=l_max, hidden=(8,), core_r_out=(1.9,) * 6,
                           angular_neighbors=48 if compact else 0)
     params = S.init_params(cfg, seed=1, dtype=jnp.float64)
@@ -208,6 +208,55 @@ def test_bad_data_files_are_clear_errors(tmp_path, defect, message):
     assert "bad.extxyz" in str(err.value)
 
 
+def test_configurations_relabelled_by_the_teacher_and_resumed(tmp_path):
+    """--configurations: structures from a file labelled by the teacher (here jaxpto's JAX EMT),
+    against ASE's own EMT; a run killed after its first chunk resumes to the same frames."""
+    from ase.io import read, write as ase_write
+
+    from bridges.registry import load_model
+
+    src = _labelled_cu(5, seed=9)  # labels in the file (ASE EMT x 3) must be ignored
+    for k, at in enumerate(src):
+        at.calc.results["energy"] *= 3.0
+        at.info.update(trajectory=f"t/{k // 3}", validation=k >= 3, temperature_k=300.0)
+    path = str(tmp_path / "conf.extxyz")
+    ase_write(path, src, format="extxyz")
+    todo = D.read_configurations(path, every=1)
+    assert [at.info["validation"] for at in todo] == [False] * 3 + [True] * 2
+    assert all(at.calc is None and at.info["source"] == "relabelled-file" for at in todo)
+    teacher = load_model("emt")
+    full = D.label_frames_resumable(teacher, todo, str(tmp_path / "a.extxyz"), chunk_frames=2, teacher_name="emt",
+                                    dtype=np.float64)
+    for at in full:
+        ref = at.copy()
+        ref.calc = EMT()
+        assert at.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(at.get_forces(), ref.get_forces(), atol=1e-6)
+        np.testing.assert_allclose(at.get_stress(), ref.get_stress(), atol=1e-7)
+        assert at.info["teacher"] == "emt"
+    # Interrupted after one chunk: the partial file holds it, the rerun labels only the rest.
+    part = str(tmp_path / "b.extxyz")
+    first = D.label_frames(teacher, todo[:2], teacher_name="emt", dtype=np.float64)
+    ase_write(part + ".partial", first, format="extxyz")
+    calls = []
+    orig = D.label_frames
+
+    def counting(t, frames, **kw):
+        calls.append(len(frames))
+        return orig(t, frames, **kw)
+
+    D.label_frames = counting
+    try:
+        resumed = D.label_frames_resumable(teacher, todo, part, chunk_frames=2, teacher_name="emt", dtype=np.float64)
+    finally:
+        D.label_frames = orig
+    assert calls == [2, 1] and not os.path.exists(part + ".partial")
+    assert [at.get_potential_energy() for at in resumed] == pytest.approx([at.get_potential_energy() for at in full])
+    assert len(read(part, ":")) == 5
+    with pytest.raises(D.DataError, match="does not exist"):
+        D.read_configurations(str(tmp_path / "missing.extxyz"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Distilling the JAX EMT (Cu) end to end
 # ---------------------------------------------------------------------------------------------
@@ -268,12 +317,13 @@ def test_finetuning_on_a_user_file_lowers_its_error(emt_student, tmp_path):
 
     before = user_error(params, cfg)
     rc = main(["distill", "--data", path, "--init", str(emt_student / "student.npz"), "--out",
-               str(tmp_path / "ft"), "--epochs", "60", "--no-report"])
+               str(tmp_path / "ft"), "--epochs", "60", "--learning-rate", "1e-3", "--no-report"])
     assert rc == 0
     p2, c2, h2 = S.read_student(str(tmp_path / "ft" / "student.npz"))
     after = user_error(p2, c2)
     assert after < 0.7 * before
     assert h2["info"]["init"].endswith("student.npz")
+    assert h2["info"]["settings"]["train"]["learning_rate"] == 1e-3  # given: used as is when fine-tuning
 
 
 def test_training_is_deterministic_for_a_seed():

@@ -18,19 +18,22 @@ Every atom :math:`i` of species :math:`t_i` gets an invariant descriptor from it
   .. math:: f_k(r) = \tfrac12\,[T_k(x) + 1]\, f_c(r), \qquad x = 2 (r/r_c - 1)^2 - 1,
             \qquad f_c(r) = \tfrac12 [1 + \cos(\pi r / r_c)]\ (r < r_c)
 
-* radial functions per *unordered* species pair, :math:`g_n(r) = \sum_k c^{t_i t_j}_{nk} f_k(r)`
-  (:math:`c^{ab} = c^{ba}`: the force identity below needs it);
-* two-body descriptors :math:`q^{R}_{in} = \sum_j g^R_n(r_{ij})` (cutoff :math:`r_c^R`);
-* three-body descriptors from the power spectrum of the neighbour density (cutoff
-  :math:`r_c^A`, real spherical harmonics :math:`Y_{lm}` normalised to
+* two-body descriptors, one per basis function and neighbour species :math:`b`,
+  :math:`S_{ibk} = \sum_{j:\,t_j = b} f_k(r_{ij})` (cutoff :math:`r_c^R`); the per-species network
+  below mixes them (a learned radial contraction, as in NEP, would be a linear layer in front);
+* three-body radial functions per *unordered* species pair, :math:`g_n(r) = \sum_k c^{t_i t_j}_{nk}
+  f_k(r)` (cutoff :math:`r_c^A`; :math:`c^{ab} = c^{ba}`), and the full power spectrum of the
+  neighbour density (real spherical harmonics :math:`Y_{lm}` normalised to
   :math:`\sum_m Y_{lm}(\hat{\mathbf u})^2 = 1`),
 
-  .. math:: A_{in,lm} = \sum_j g^A_n(r_{ij})\, Y_{lm}(\hat{\mathbf d}_{ij}), \qquad
-            q^{A}_{inl} = \sum_{m=-l}^{l} A_{in,lm}^2
-            = \sum_{j,k} g^A_n(r_{ij}) g^A_n(r_{ik}) P_l(\cos\theta_{jik}),
-            \quad l = 1..l_{max}
+  .. math:: A_{in,lm} = \sum_j g_n(r_{ij})\, Y_{lm}(\hat{\mathbf d}_{ij}), \qquad
+            q_{inn'l} = \sum_{m=-l}^{l} A_{in,lm} A_{in',lm}
+            = \sum_{j,k} g_n(r_{ij}) g_{n'}(r_{ik}) P_l(\cos\theta_{jik}),
+            \quad n \le n',\ l = 1..l_{max}
 
-  i.e. bond angles through Legendre polynomials, at two-body cost (no loop over triplets).
+  i.e. bond angles through Legendre polynomials, at two-body cost (no loop over triplets); the
+  cross terms :math:`n \ne n'` (SOAP's power spectrum [4]_; NEP keeps :math:`n = n'`) are products
+  of per-atom sums, so they add descriptors at no per-edge cost.
 
 The descriptor :math:`\mathbf q_i` is standardised with the training set's mean and spread
 and fed to a per-species multilayer perceptron (tanh), which gives the site energy
@@ -44,25 +47,24 @@ ZBL universal potential [3]_ switched off smoothly between :math:`r_{in}` and :m
 species pair, set below the shortest distance of the training data): it keeps MD out of the
 unphysical region no training frame covers, and vanishes wherever there are data.
 
-Forces without a scatter
-------------------------
+Forces and stress from per-edge gradients
+-----------------------------------------
 
-With :math:`\mathbf G_i = \partial E/\partial \boldsymbol\phi_i` (the derivative of the site
-energy with respect to atom :math:`i`'s summed edge features :math:`\boldsymbol\phi_i = \sum_j
-\boldsymbol\phi(\mathbf d_{ij})`), and features of parity :math:`P` under
-:math:`\mathbf d \to -\mathbf d` (:math:`(-1)^l` for :math:`Y_{lm}`, radial functions symmetric in
-the pair), the force is a sum over atom :math:`i`'s own row of the full neighbour list,
+The energy depends on the positions only through the edge vectors :math:`\mathbf d_e`,
+:math:`e = (i \to j)`, of the neighbour list, via per-atom sums of edge features
+(:math:`S_{ibk}`, :math:`A_{in,lm}`). With :math:`\mathbf G_i = \partial E/\partial(\text{atom } i\text{'s
+sums})` (reverse mode through the small per-atom part: descriptor and MLP), the per-edge
+gradient is :math:`\mathbf p_e = \partial E/\partial \mathbf d_e = \mathbf G_i \cdot \partial\boldsymbol\phi
+(\mathbf d_e)/\partial \mathbf d_e`, computed in closed form in the same pass as the features
+(forward-mode slopes of the Chebyshev basis, one vector-Jacobian product of the harmonics), and
 
-.. math:: \mathbf F_i = \sum_j \frac{\partial}{\partial \mathbf d}
-          \Big[(\mathbf G_i + P\,\mathbf G_j)\cdot\boldsymbol\phi(\mathbf d)\Big]_{\mathbf d = \mathbf d_{ij}},
-          \qquad
-          \sigma_{ab} = \frac{1}{2V} \sum_{ij} d_{ij,a}\,
-          \frac{\partial}{\partial d_b}\Big[(\mathbf G_i + P\,\mathbf G_j)\cdot\boldsymbol\phi\Big]
+.. math:: \mathbf F_i = \sum_{e \in \mathrm{row}(i)} \mathbf p_e - \sum_{e:\, j(e) = i} \mathbf p_e,
+          \qquad \sigma_{ab} = \frac{1}{V} \sum_e d_{e,a}\, p_{e,b} \quad (\text{symmetrised, ASE's sign}),
 
-(GPUMD's NEP uses the same identity). It is one vector-Jacobian product of the edge features with
-the cotangent :math:`\mathbf G_i + P\mathbf G_j` (a gather of :math:`\mathbf G_j`), then row sums: no
-scatter-add, which is slow on CPUs, and equal to autodiff of :math:`E` (tested). Training
-differentiates through it.
+i.e. row sums plus one scatter-add for the reverse half (the only scatter of the step). This
+equals autodiff of :math:`E` (tested) at a fraction of its cost: XLA's reverse mode through the
+per-edge arrays would store and re-read every intermediate of every edge. Training
+differentiates through these expressions (second derivatives for the force loss).
 
 Why this architecture (measured, ``benchmarks/student_speed.py``)
 ----------------------------------------------------------------
@@ -73,7 +75,8 @@ i.e. ~9 ms per 625-atom step including the integrator and the neighbour list, an
 fits; a message-passing equivariant network does not: the smallest JAX equivariant foundation
 model here (Nequix, NequIP-type) costs seconds per 625-atom step on this CPU. The power
 spectrum carries the bond-angle information the ferroelectric double well of PbTiO3 needs.
-The sizes chosen by measurement are in :data:`DEFAULT_CONFIG` and the README.
+The sizes chosen by measurement are :data:`jaxpto.workflows.distill.DEFAULT_ARCHITECTURE`
+(numbers in the README and ``benchmarks/results/student-speed-cpu.json``).
 
 File format
 -----------
@@ -88,6 +91,7 @@ References
 .. [1] Z. Fan et al., Phys. Rev. B 104, 104309 (2021) (NEP).
 .. [2] Z. Fan et al., J. Chem. Phys. 157, 114801 (2022) (NEP with angular descriptors, GPUMD).
 .. [3] J. F. Ziegler, J. P. Biersack, U. Littmark, The Stopping and Range of Ions in Solids (1985).
+.. [4] A. P. Bartok, R. Kondor, G. Csanyi, Phys. Rev. B 87, 184115 (2013) (SOAP).
 """
 
 from __future__ import annotations
@@ -120,8 +124,9 @@ class StudentConfig:
 
     ``species``: atomic numbers covered, in a fixed order. ``rc_radial``/``rc_angular``: cutoffs of
     the two- and three-body descriptors (the model's neighbour cutoff is the larger).
-    ``n_radial``/``n_angular``: radial functions per part; ``basis_radial``/``basis_angular``:
-    Chebyshev functions they are built from; ``l_max`` (1-4): largest angular momentum;
+    ``basis_radial``: Chebyshev functions of the two-body part (one descriptor per function and
+    neighbour species); ``n_angular``: radial functions of the three-body part, built from
+    ``basis_angular`` Chebyshev functions; ``l_max`` (1-4): largest angular momentum;
     ``hidden``: widths of the per-species MLP's hidden layers. ``core_repulsion``: add the
     switched ZBL repulsion with per-pair ``core_r_out`` (``core_r_in = core_inner_fraction * r_out``).
     """
@@ -129,7 +134,6 @@ class StudentConfig:
     species: tuple = ()
     rc_radial: float = 6.0
     rc_angular: float = 4.5
-    n_radial: int = 8
     n_angular: int = 6
     basis_radial: int = 8
     basis_angular: int = 8
@@ -150,7 +154,7 @@ class StudentConfig:
             raise ValueError(f"cutoffs must be positive, got rc_radial={self.rc_radial}, rc_angular={self.rc_angular}")
         if not 1 <= self.l_max <= 4:
             raise ValueError(f"l_max must be 1..4, got {self.l_max}")
-        for name in ("n_radial", "n_angular", "basis_radial", "basis_angular"):
+        for name in ("n_angular", "basis_radial", "basis_angular"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.core_r_out and len(self.core_r_out) != self.n_pairs:
@@ -172,7 +176,7 @@ class StudentConfig:
 
     @property
     def n_descriptors(self) -> int:
-        return self.n_radial + self.n_angular * self.l_max
+        return self.n_species * self.basis_radial + self.n_angular * (self.n_angular + 1) // 2 * self.l_max
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -341,20 +345,26 @@ def _compact(mask, capacity):
 
 
 class SpeciesMLP(nn.Module):
-    """Site energies ``[N]`` from standardised descriptors ``[N, D]``: one tanh MLP per species."""
+    """Site energies ``[N]`` from standardised descriptors ``[N, D]``: one tanh MLP per species.
+
+    ``species=s`` evaluates only species ``s``'s network on every row (the caller passes that
+    species' atoms); else every network runs on every atom and ``species_onehot`` selects.
+    """
 
     n_species: int
     hidden: Sequence[int]
 
     @nn.compact
-    def __call__(self, q, species_onehot):
+    def __call__(self, q, species_onehot=None, species: int | None = None):
         out = jnp.zeros(q.shape[:1], q.dtype)
         for s in range(self.n_species):
+            if species is not None and s != species:
+                continue
             h = q
             for k, width in enumerate(self.hidden):
                 h = jnp.tanh(nn.Dense(width, name=f"s{s}_dense{k}", param_dtype=q.dtype)(h))
             e = nn.Dense(1, name=f"s{s}_out", param_dtype=q.dtype)(h)[:, 0]
-            out = out + species_onehot[:, s] * e
+            out = e if species is not None else out + species_onehot[:, s] * e
         return out
 
 
@@ -426,9 +436,9 @@ def _edge_sets(config: StudentConfig, positions, cell, numbers, nbrs, compact: b
     tj = ti_pad[nbrs.idx]
     full = _Edges(dx, dy, dz, mask, nbrs.idx, tj, jax.nn.one_hot(tj, t, dtype=dx.dtype))
     if not compact:
-        return ti, full, full
+        return ti, full, full, jnp.zeros((), bool)
     within = mask & (dx * dx + dy * dy + dz * dz < config.rc_angular ** 2)
-    slots, _ = _compact(within, config.angular_neighbors)
+    slots, count = _compact(within, config.angular_neighbors)
     valid = slots >= 0
     s = jnp.where(valid, slots, 0)
 
@@ -439,7 +449,7 @@ def _edge_sets(config: StudentConfig, positions, cell, numbers, nbrs, compact: b
     tja = jnp.where(valid, take(tj), t)
     ang = _Edges(jnp.where(valid, take(dx), 0.0), jnp.where(valid, take(dy), 0.0), jnp.where(valid, take(dz), 0.0),
                  valid, ja, tja, jax.nn.one_hot(tja, t, dtype=dx.dtype))
-    return ti, full, ang
+    return ti, full, ang, jnp.max(count) > config.angular_neighbors
 
 
 def max_angular_neighbors(config: StudentConfig, positions, cell, nbrs):
@@ -452,17 +462,36 @@ def max_angular_neighbors(config: StudentConfig, positions, cell, nbrs):
     return jax.vmap(one)(positions, cell, nbrs)
 
 
+def _static_species(config: StudentConfig, numbers):
+    """Per species, the indices of its atoms when ``numbers`` is concrete (numpy, or a constant
+    under ``jit``: the engine's force function closes over it), else None."""
+    if isinstance(numbers, jax.core.Tracer):
+        return None
+    z = np.asarray(numbers)
+    return [np.flatnonzero(z == s) for s in config.species]
+
+
 def _coef_rows(coef, pair_table, ti, t):
     """``[T, n, K, N]``: atom i's coefficients for each neighbour species b (a per-atom gather)."""
     return jnp.stack([jnp.moveaxis(coef[pair_table[ti, b]], 0, -1) for b in range(t)])
 
 
-def _descriptor_from_sums(config, coef_rows_r, s_rad, a_nlm, blocks):
-    """``[N, D]``: :math:`q^R_{in} = \\sum_{bk} c^{t_i b}_{nk} S_{bki}` and :math:`q^A_{inl} = \\sum_m A_{n,lm,i}^2`."""
+def _descriptor_from_sums(config, s_rad, a_nlm, blocks):
+    """``[N, D]``: the two-body sums :math:`S_{bki}` as they are, and the full angular power spectrum
+    :math:`q_{inn'l} = \\sum_m A_{n,lm,i} A_{n',lm,i}` (``n <= n'``).
+
+    Both are per-atom products of the edge sums, so their number costs nothing per edge: the
+    per-species network mixes the two-body sums (which a learned radial contraction would do
+    no better), and the cross terms ``n != n'`` resolve bond angles at every pair of radial
+    channels (SOAP's power spectrum; NEP keeps only ``n = n'``).
+    """
     n = s_rad.shape[-1]
-    q_rad = jnp.einsum("bjki,bki->ij", coef_rows_r, s_rad)
-    q_ang = jnp.stack([jnp.sum(a_nlm[:, lo:hi] ** 2, axis=1) for lo, hi in blocks], axis=1)  # [nA, L, N]
-    return jnp.concatenate([q_rad, q_ang.reshape(-1, n).T], axis=1)
+    iu, ju = np.triu_indices(config.n_angular)
+    q_ang = []
+    for lo, hi in blocks:
+        a = a_nlm[:, lo:hi]  # [nA, 2l+1, N]
+        q_ang.append(jnp.einsum("amn,bmn->abn", a, a)[iu, ju])  # [pairs, N]
+    return jnp.concatenate([s_rad.reshape(-1, n), jnp.concatenate(q_ang)], axis=0).T
 
 
 def _scatter_back(px, py, pz, j, n):
@@ -471,7 +500,7 @@ def _scatter_back(px, py, pz, j, n):
     return jax.ops.segment_sum(p, j.reshape(-1), num_segments=n + 1)[:n]
 
 
-def make_efs(config: StudentConfig, compact: bool | None = None):
+def make_efs(config: StudentConfig, compact: bool | None = None, report_overflow: bool = False):
     """``efs(params, positions [N,3], cell [3,3], numbers [N], nbrs_one) -> (E, F [N,3], S [3,3])``.
 
     One replica (vmap it); differentiable in ``params`` (training) and exact in positions.
@@ -489,21 +518,27 @@ def make_efs(config: StudentConfig, compact: bool | None = None):
     compact = bool(config.angular_neighbors) if compact is None else compact
 
     def efs(params, positions, cell, numbers, nbrs):
+        if not isinstance(numbers, jax.core.Tracer):
+            numbers = np.asarray(numbers)
         dtype = positions.dtype
         p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
         n = positions.shape[0]
-        ti, full, ang = _edge_sets(config, positions, cell, numbers, nbrs, compact)
-        rows_r = _coef_rows(p["coef_radial"], pair_table, ti, t)
+        ti, full, ang, overflow = _edge_sets(config, positions, cell, numbers, nbrs, compact)
+        static_species = _static_species(config, numbers)
         rows_a = _coef_rows(p["coef_angular"], pair_table, ti, t)
 
         s_rad, saved_rad = _radial_forward(config, full)
         a_nlm, saved_ang = _angular_forward(config, rows_a, ang)
 
         def site_energy(s_rad_, a_nlm_):
-            q = _descriptor_from_sums(config, rows_r, s_rad_, a_nlm_, blocks)
+            q = _descriptor_from_sums(config, s_rad_, a_nlm_, blocks)
             qs = (q - p["q_mean"]) / p["q_scale"]
-            u = readout.apply({"params": p["readout"]}, qs, jax.nn.one_hot(ti, t, dtype=dtype))
-            return jnp.sum(p["energy_scale"] * u + p["e0"][ti])
+            if static_species is None:
+                u = jnp.sum(readout.apply({"params": p["readout"]}, qs, jax.nn.one_hot(ti, t, dtype=dtype)))
+            else:  # the atoms' species are known when tracing: each network runs on its own atoms only
+                u = sum(jnp.sum(readout.apply({"params": p["readout"]}, qs[sel], species=k))
+                        for k, sel in enumerate(static_species) if len(sel))
+            return p["energy_scale"] * u + jnp.sum(p["e0"][ti])
 
         energy, (g_rad, g_ang) = jax.value_and_grad(site_energy, argnums=(0, 1))(s_rad, a_nlm)
         px, py, pz = _radial_backward(full, saved_rad, g_rad)
@@ -525,6 +560,8 @@ def make_efs(config: StudentConfig, compact: bool | None = None):
         virial = 0.5 * (virial + virial.T)
         volume = jnp.abs(jnp.linalg.det(cell))
         stress = jnp.where(volume > 0, virial / jnp.where(volume > 0, volume, 1.0), 0.0)
+        if report_overflow:
+            return energy, forces, stress, overflow
         return energy, forces, stress
 
     return efs
@@ -567,18 +604,20 @@ def _over_replicas(efs):
 def make_compute(config: StudentConfig):
     """Batched ``compute(params, positions [R,N,3], cell [R,3,3], numbers, nbrs) -> (E, F, S)``.
 
-    With a compacted angular set (``config.angular_neighbors > 0``) every step first checks
-    that no atom has more angular neighbours than slots; if one has, that step takes the
-    uncompacted path (same result, slower), so no pair is ever dropped.
+    With a compacted angular set (``config.angular_neighbors > 0``) the packed path runs and
+    reports whether some atom had more angular neighbours than slots; only then is the step
+    computed again on the uncompacted path (same result, slower), so no pair is ever dropped
+    and the check costs nothing in the normal case.
     """
-    fast = _over_replicas(make_efs(config, compact=True)) if config.angular_neighbors else None
+    fast = _over_replicas(make_efs(config, compact=True, report_overflow=True)) if config.angular_neighbors else None
     safe = _over_replicas(make_efs(config, compact=False))
 
     def compute(params, positions, cell, numbers, nbrs):
         if fast is None:
             return safe(params, positions, cell, numbers, nbrs)
-        fits = jnp.max(max_angular_neighbors(config, positions, cell, nbrs)) <= config.angular_neighbors
-        return jax.lax.cond(fits, fast, safe, params, positions, cell, numbers, nbrs)
+        energy, forces, stress, overflow = fast(params, positions, cell, numbers, nbrs)
+        return jax.lax.cond(jnp.any(overflow), lambda: safe(params, positions, cell, numbers, nbrs),
+                            lambda: (energy, forces, stress))
 
     return compute
 
@@ -600,12 +639,11 @@ def descriptors(params, config: StudentConfig, positions, cell, numbers, nbrs):
     t = config.n_species
     dtype = positions.dtype
     pair_table = jnp.asarray(pair_index_table(t))
-    ti, full, ang = _edge_sets(config, positions, cell, numbers, nbrs, compact=False)
-    rows_r = _coef_rows(jnp.asarray(params["coef_radial"], dtype), pair_table, ti, t)
+    ti, full, ang, _ = _edge_sets(config, positions, cell, numbers, nbrs, compact=False)
     rows_a = _coef_rows(jnp.asarray(params["coef_angular"], dtype), pair_table, ti, t)
     s_rad = _radial_forward(config, full)[0]
     a_nlm = _angular_forward(config, rows_a, ang)[0]
-    return _descriptor_from_sums(config, rows_r, s_rad, a_nlm, _l_blocks(config))
+    return _descriptor_from_sums(config, s_rad, a_nlm, _l_blocks(config))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,12 +659,11 @@ def init_params(config: StudentConfig, seed: int = 0, dtype=jnp.float32) -> dict
     key = jax.random.PRNGKey(seed)
     k1, k2, k3 = jax.random.split(key, 3)
     P = config.n_pairs
-    cr = jax.random.normal(k1, (P, config.n_radial, config.basis_radial), dtype) / math.sqrt(config.basis_radial)
     ca = jax.random.normal(k2, (P, config.n_angular, config.basis_angular), dtype) / math.sqrt(config.basis_angular)
     readout = SpeciesMLP(n_species=config.n_species, hidden=config.hidden)
     d = config.n_descriptors
     variables = readout.init(k3, jnp.zeros((1, d), dtype), jnp.ones((1, config.n_species), dtype))
-    return {"coef_radial": cr, "coef_angular": ca, "readout": variables["params"],
+    return {"coef_angular": ca, "readout": variables["params"],
             "q_mean": jnp.zeros((d,), dtype), "q_scale": jnp.ones((d,), dtype),
             "e0": jnp.zeros((config.n_species,), dtype), "energy_scale": jnp.ones((), dtype)}
 

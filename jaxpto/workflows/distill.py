@@ -7,7 +7,9 @@ again skips what is there, and an interrupted teacher MD continues from its last
    (:func:`jaxpto.workflows.distill_data.default_md_groups`: Langevin NVT and the study's
    Melchionna NPT, tetragonal/cubic/strained starts, 40 and 135 atoms, 300-1300 K), labelled by
    the teacher in the same steps, plus 5-atom cells on a random (a, c/a, polar amplitude) grid
-   labelled in one batched call. ``--data file.extxyz`` adds (or, without a teacher, is) the
+   labelled in one batched call; ``--configurations file`` adds structures from a file labelled
+   by the teacher (one call per frame, checkpointed: for teachers too slow for MD, e.g.
+   another teacher's data). ``--data file.extxyz`` adds (or, without a teacher, is) the
    user's own labelled data: the study's fine-tuning remedy.
 2. **Training** (:mod:`jaxpto.workflows.distill_train`): optax on energy, forces and stress,
    train/validation split by trajectory.
@@ -44,7 +46,7 @@ SCHEMA = "jaxpto.distill/1"
 
 #: The architecture chosen by measurement for PbTiO3 (``benchmarks/student_speed.py`` and the
 #: README): radial 6 A, angular 4.5 A, l <= 4.
-DEFAULT_ARCHITECTURE = dict(rc_radial=6.0, rc_angular=4.5, n_radial=8, n_angular=6, basis_radial=8,
+DEFAULT_ARCHITECTURE = dict(rc_radial=6.0, rc_angular=4.5, n_angular=6, basis_radial=8,
                             basis_angular=8, l_max=4, hidden=(32,))
 
 
@@ -69,6 +71,8 @@ class DistillSettings:
     teacher: str | None = "chgnet-0.3.0"
     structure: str | None = None  # a file ASE reads; default PbTiO3
     data: tuple = ()  # users' labelled extxyz files
+    configurations: tuple = ()  # files of structures the teacher labels (their own labels ignored)
+    configurations_every: int = 1  # label every k-th frame of each trajectory in them
     temperatures: tuple = data_mod.DEFAULT_TEMPERATURES
     steps_small: int = 400
     steps_large: int = 200
@@ -88,6 +92,13 @@ class DistillSettings:
         d["round_plan"] = self.round_plan.to_dict()
         d["train"] = self.train.to_dict()
         return d
+
+    def finetune_learning_rate(self) -> float:
+        """Initial learning rate when fine-tuning (``init``): a tenth of a fresh run's unless the
+        user set ``train.learning_rate`` away from its default."""
+        default = TrainSettings().learning_rate
+        lr = self.train.learning_rate
+        return lr / 10 if lr == default else lr
 
     def teacher_data_fingerprint(self) -> dict:
         return {"teacher": self.teacher, "structure": self.structure, "temperatures": list(self.temperatures),
@@ -171,7 +182,32 @@ def teacher_data(teacher, settings: DistillSettings, out: str, log, timings: dic
             timings["teacher_static_s"] = time.perf_counter() - t0
         log(f"static cells: {len(got)} frames ({path})")
         frames.extend(got)
+    for source in settings.configurations:
+        frames.extend(relabelled(teacher, settings, source, out, log, timings))
     return frames
+
+
+def relabelled(teacher, settings: DistillSettings, source: str, out: str, log, timings: dict) -> list:
+    """The structures of ``source`` (every ``configurations_every``-th frame per trajectory)
+    labelled by the teacher, cached in ``OUT/data`` and resumable chunk by chunk."""
+    st = os.stat(source)
+    stamp = data_mod._fingerprint({"teacher": settings.teacher, "file": os.path.abspath(source), "size": st.st_size,
+                                   "every": settings.configurations_every})
+    name = os.path.splitext(os.path.basename(source))[0]
+    path = os.path.join(out, "data", f"relabel-{name}-{stamp}.extxyz")
+    if os.path.exists(path):
+        got = data_mod.read_frames(path)
+        log(f"relabelled {name}: {len(got)} frames from {path}")
+        return got
+    todo = data_mod.read_configurations(source, every=settings.configurations_every)
+    log(f"relabelling {len(todo)} structures of {source} with {settings.teacher}")
+    t0 = time.perf_counter()
+    got = data_mod.label_frames_resumable(teacher, todo, path, log=log, label=f"relabel {name}",
+                                          max_atoms_per_call=settings.max_atoms_per_call,
+                                          teacher_name=settings.teacher)
+    timings[f"relabel_{name}_s"] = time.perf_counter() - t0
+    log(f"relabelled {name}: {len(got)} frames in {time.perf_counter() - t0:.0f} s -> {path}")
+    return got
 
 
 def run_data_stage(settings: DistillSettings, out: str) -> list:
@@ -357,6 +393,8 @@ def distill(settings: DistillSettings, out: str, *, log=None, stop_after: str | 
     init_params = init_config = None
     if settings.init:
         init_params, init_config, _ = read_student(settings.init)
+    if settings.configurations and teacher is None:
+        raise ValueError("--configurations needs a --teacher to label them")
     frames = teacher_data(teacher, settings, out, log, timings) if teacher is not None else []
     frames += _user_frames(settings, species=init_config.species if init_config is not None else None)
     if not frames:
@@ -372,7 +410,8 @@ def distill(settings: DistillSettings, out: str, *, log=None, stop_after: str | 
     t0 = time.perf_counter()
     ts = settings.train
     params, history, _, _ = _train_stage(config, frames, settings, log, params=init_params,
-                                         learning_rate=ts.learning_rate / 10 if init_params is not None else None)
+                                         learning_rate=settings.finetune_learning_rate() if init_params is not None
+                                         else None)
     timings["train_gen0_s"] = time.perf_counter() - t0
     histories = {"gen0": history}
     save_student(os.path.join(out, "student-gen0.npz"), params, config, {"stage": "gen0"})

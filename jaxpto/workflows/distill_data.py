@@ -10,6 +10,9 @@ Units are ASE's everywhere (eV, Angstrom, eV/A, stress in eV/A^3 with ASE's sign
 * :func:`label_frames` -- the teacher's energy/forces/stress for any frames, in batched calls
   (frames with the same atoms become replicas of one call), e.g. for frames a student's MD
   visited (:mod:`jaxpto.workflows.distill`).
+* :func:`read_configurations` + :func:`label_frames_resumable` -- configurations from a file
+  (e.g. another teacher's distillation data) labelled by this teacher in batched, checkpointed
+  chunks: one teacher call per frame instead of one per MD step, for teachers too slow for MD.
 * :func:`static_cells` -- 5-atom cells on a random grid of lattice constants and polar
   displacements (what relaxations and phonons of the PTO-test see), labelled in one call.
 * :func:`write_frames` / :func:`read_frames` -- extended XYZ that ASE reads
@@ -354,6 +357,83 @@ def label_frames(teacher, frames, *, max_atoms_per_call: int = 2000, dtype=None,
                 log(f"  labelled {min(s + per_call, len(idx))}/{len(idx)} frames of {len(numbers)} atoms "
                     f"({time.perf_counter() - t0:.0f} s)")
     return out
+
+
+def read_configurations(path: str, every: int = 1) -> list:
+    """Unlabelled configurations from any file ASE reads (labels in it are ignored), every
+    ``every``-th frame: structures for the teacher to label (e.g. another teacher's distillation
+    data, or a user's trajectory). Each frame keeps its ``info`` (trajectory, temperature,
+    validation flag) when the file has it; else the file is one trajectory and every 5th kept
+    frame is held out."""
+    from ase.io import read
+
+    if not os.path.exists(path):
+        raise DataError(f"configurations file {path} does not exist")
+    try:
+        frames = read(path, ":")
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as structures ({type(exc).__name__}: {exc})") from None
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    out = []
+    for k, at in enumerate(frames):
+        if not np.all(np.isfinite(at.positions)):
+            raise DataError(f"{path}, frame {k}: positions contain NaN/inf")
+        info = dict(at.info)
+        at = Atoms(numbers=at.numbers, positions=at.positions, cell=np.asarray(at.cell), pbc=at.pbc)
+        info.setdefault("trajectory", f"{os.path.basename(path)}:0")
+        info["source"] = f"relabelled-{info.get('source', 'file')}"
+        info.pop("teacher", None)
+        info["relabelled_from"] = f"{os.path.basename(path)}:{k}"
+        at.info.update(info)
+        out.append(at)
+    by_traj: dict = {}
+    for at in out:
+        by_traj.setdefault(at.info["trajectory"], []).append(at)
+    kept = [at for traj in by_traj.values() for at in traj[::every]]
+    if not any("validation" in at.info for at in kept):
+        for k, at in enumerate(kept):
+            at.info["validation"] = bool(k % 5 == 4)
+    return kept
+
+
+def label_frames_resumable(teacher, frames, path: str, *, chunk_frames: int = 16, log=None, label: str = "",
+                           **kw) -> list:
+    """:func:`label_frames` in chunks of ``chunk_frames``, appending each labelled chunk to
+    ``path + ".partial"``; a killed run continues after the last chunk written. Returns the
+    labelled frames once all are done and renames the partial file to ``path``."""
+    partial = path + ".partial"
+    done = []
+    if os.path.exists(partial):
+        from ase.io import read
+
+        try:
+            done = read(partial, ":", format="extxyz")
+        except Exception as exc:  # a chunk cut off mid-write: label everything again
+            if log:
+                log(f"  {label}: cannot read {partial} ({type(exc).__name__}: {exc}); labelling from the start")
+            os.remove(partial)
+            done = []
+    if len(done) > len(frames):
+        raise ValueError(f"{partial} holds more frames than asked for; delete it to start the labelling again")
+    t0 = time.perf_counter()
+    order = sorted(range(len(frames)), key=lambda k: len(frames[k]))  # same sizes together: full batches
+    for s in range(len(done), len(frames), chunk_frames):
+        chunk = [frames[k] for k in order[s:s + chunk_frames]]
+        got = label_frames(teacher, chunk, **kw)
+        from ase.io import write
+
+        with open(partial, "a") as fh:
+            write(fh, got, format="extxyz")
+            fh.flush()
+            os.fsync(fh.fileno())
+        done.extend(got)
+        if log:
+            log(f"  {label}: labelled {len(done)}/{len(frames)} frames ({time.perf_counter() - t0:.0f} s)")
+    write_frames(path, done)
+    if os.path.exists(partial):
+        os.remove(partial)
+    return read_frames(path)
 
 
 def static_cells(n_frames: int, rng, a_range=(3.78, 4.02), c_over_a_range=(0.98, 1.26), polar_range=(0.0, 1.5),

@@ -184,7 +184,7 @@ def write_report(out: str, *, series_steps: int = 2000, series_supercell: int = 
     lines += [f"Student file: `{os.path.basename(student_path)}` ({os.path.getsize(student_path) / 1e3:.0f} kB, "
               f"format {header['format']}, checksum `{header['checksum'][:12]}`), species "
               f"{cfg['species']}, cutoffs {cfg['rc_radial']} A (radial) / {cfg['rc_angular']} A (angular), "
-              f"l_max {cfg['l_max']}, descriptor {cfg['n_radial']} + {cfg['n_angular']}x{cfg['l_max']}, "
+              f"l_max {cfg['l_max']}, descriptor {len(cfg['species']) * cfg['basis_radial']} two-body + {cfg['n_angular'] * (cfg['n_angular'] + 1) // 2 * cfg['l_max']} three-body, "
               f"MLP {cfg['hidden']}. Load it with `jaxpto.load_model(path)`.", ""]
     lines += ["A student is validated against its teacher: every number below says how closely it reproduces "
               f"{teacher_name or 'the training data'}, not how right either is about PbTiO3.", ""]

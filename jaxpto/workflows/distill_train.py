@@ -20,6 +20,7 @@ from a seeded JAX key, and XLA's CPU programs give the same result for the same 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -175,7 +176,7 @@ def initialise(config: StudentConfig, packs, seed: int) -> dict:
         for k in take:
             e1 = EdgeList(idx=jnp.asarray(pk.edges.idx[k]), shifts=jnp.asarray(pk.edges.shifts[k]))
             sample.append(np.asarray(_descriptors_jit(config)(params, jnp.asarray(pk.positions[k]),
-                                                              jnp.asarray(pk.cells[k]), jnp.asarray(pk.numbers), e1)))
+                                                              jnp.asarray(pk.cells[k]), tuple(pk.numbers.tolist()), e1)))
     q = np.concatenate(sample)
     params["q_mean"] = jnp.asarray(q.mean(0), jnp.float32)
     params["q_scale"] = jnp.asarray(q.std(0) + 1e-3 * (np.abs(q).mean(0) + 1e-6), jnp.float32)
@@ -197,7 +198,8 @@ _CACHE: dict = {}
 def _descriptors_jit(config):
     key = ("desc", config)
     if key not in _CACHE:
-        _CACHE[key] = jax.jit(lambda p, pos, c, z, e: descriptors(p, config, pos, c, z, e))
+        _CACHE[key] = jax.jit(lambda p, pos, c, z, e: descriptors(p, config, pos, c, np.asarray(z), e),
+                              static_argnums=(3,))
     return _CACHE[key]
 
 
@@ -211,7 +213,8 @@ def _batched_efs(config):
 
 def _batch(pk: Packed, sel):
     e = EdgeList(idx=jnp.asarray(pk.edges.idx[sel]), shifts=jnp.asarray(pk.edges.shifts[sel]))
-    return (jnp.asarray(pk.positions[sel]), jnp.asarray(pk.cells[sel]), jnp.asarray(pk.numbers), e,
+    # numbers as a tuple: static under jit, so each species' network runs on its own atoms only
+    return (jnp.asarray(pk.positions[sel]), jnp.asarray(pk.cells[sel]), tuple(int(z) for z in pk.numbers), e,
             jnp.asarray(pk.energy[sel], jnp.float32), jnp.asarray(pk.forces[sel]), jnp.asarray(pk.stress[sel]),
             jnp.asarray(pk.has_stress[sel]))
 
@@ -246,7 +249,7 @@ def evaluate(params, config: StudentConfig, packs, batch_frames: int = 32) -> di
     "force_rmse_mev_per_a", "stress_mae_ev_per_a3", "stress_rmse_ev_per_a3", "n_frames",
     "per_frame": {...arrays...}}``; the per-frame arrays line up with ``frame_ids``.
     """
-    efs = jax.jit(_batched_efs(config))
+    efs = jax.jit(_batched_efs(config), static_argnums=(3,))
     de, df2, nf, ds, hs, ids, temps, e_pred, e_ref, f_pred, f_ref, s_pred, s_ref = ([] for _ in range(13))
     for pk in packs:
         for s in range(0, pk.n_frames, batch_frames):
@@ -359,7 +362,7 @@ def train(config: StudentConfig, train_packs, val_packs, settings: TrainSettings
     opt_state = opt.init(trainable)
     loss = _loss_fn(config, settings)
 
-    @jax.jit
+    @functools.partial(jax.jit, static_argnums=(4,))
     def step(trainable, opt_state, pos, cell, numbers, edges, e, f, s, hs, w):
         def objective(tr):
             return loss({**tr, **fixed}, pos, cell, numbers, edges, e, f, s, hs, w)
