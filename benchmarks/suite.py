@@ -80,8 +80,11 @@ LJ_PARAMS = dict(sigma=2.0, epsilon=0.05, rc=5.0, smooth=True)  # a generic pair
 
 # ----------------------------------------------------------------------------------------- models
 
-def build_model(name: str, tmpdir: str):
-    """(jaxpto Model, torch EFS or None, ASE calculator factory, description)."""
+def build_model(name: str, tmpdir: str, device=None):
+    """(jaxpto Model, torch EFS or None, ASE calculator factory, description).
+
+    ``device``: torch device of the torch models and of their ASE calculators (default: CUDA
+    where torch has it, else the CPU); the JAX-native ``lj`` ignores it."""
     import jaxpto
     from bridges.registry import family_module
     from bridges.torch_bridge import as_jax_model
@@ -94,17 +97,18 @@ def build_model(name: str, tmpdir: str):
     if name in ("7net-0", "7net-l3i5"):
         from sevenn.calculator import SevenNetCalculator
 
-        efs = family_module("sevenn").load(name)
+        efs = family_module("sevenn").load(name, device=device)
         return as_jax_model(efs, device=str(efs.device)), efs, \
             lambda: SevenNetCalculator(name, device=str(efs.device)), f"SevenNet {name} (real weights)"
     if name.startswith("chgnet-"):
         from chgnet.model import CHGNet
         from chgnet.model.dynamics import CHGNetCalculator
 
-        efs = family_module("chgnet").load(name)
+        efs = family_module("chgnet").load(name, device=device)
         version = name.split("-", 1)[1]
         return as_jax_model(efs, device=str(efs.device)), efs, \
-            lambda: CHGNetCalculator(CHGNet.load(model_name=version, verbose=False)), f"CHGNet {version} (real weights)"
+            lambda: CHGNetCalculator(CHGNet.load(model_name=version, verbose=False), use_device=str(efs.device)), \
+            f"CHGNet {version} (real weights)"
     if name == "mace-medium-random":
         import torch
         from mace.calculators import MACECalculator
@@ -112,7 +116,7 @@ def build_model(name: str, tmpdir: str):
         path = os.path.join(tmpdir, "mace-medium-random.model")
         if not os.path.exists(path):
             torch.save(_random_mace_medium(), path)
-        efs = family_module("mace").load(path)
+        efs = family_module("mace").load(path, device=device)
         return as_jax_model(efs, device=str(efs.device)), efs, \
             lambda: MACECalculator(model_paths=path, device=str(efs.device), default_dtype="float32"), \
             "MACE, MACE-MP-0b medium hyper-parameters, random weights"
@@ -128,7 +132,7 @@ def build_model(name: str, tmpdir: str):
         net = pretrained.orb_v2_architecture(device="cpu", system_config=config).eval()  # full size, random
         path = os.path.join(tmpdir, "orb-v2-random.ckpt")
         torch.save(net.state_dict(), path)
-        efs = family_module("orb").load(path, architecture="orb-v2")
+        efs = family_module("orb").load(path, architecture="orb-v2", device=device)
         return as_jax_model(efs, device=str(efs.device)), efs, lambda: ORBCalculator(net, system_config=config, device=str(efs.device)), \
             "ORB v2 architecture (15 message-passing steps), random weights"
     raise ValueError(f"unknown benchmark model {name!r}")
@@ -554,6 +558,9 @@ def machine():
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
             "jax_devices": [str(d) for d in jax.devices()],
             "host_allocator": host_allocator.status}
+    from bridges import gpu_memory
+
+    info["gpu_memory"] = gpu_memory.status
     try:
         with open("/proc/cpuinfo") as fh:
             names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
@@ -583,6 +590,16 @@ def main(argv=None):
         # device's memory at its first use here, and the points' processes would get the rest.
         os.environ[_PREALLOCATE] = "false"
         _parent_set_preallocate = True
+    else:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--models", nargs="+", default=["7net-0"])
+        pre.add_argument("--quick", action="store_true")
+        known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+        if known.quick or any(m != "lj" for m in known.models):
+            from bridges import gpu_memory
+
+            # Torch models on a GPU: JAX must not reserve 75 % of it first (bridges/gpu_memory.py).
+            gpu_memory.share_gpu_with_torch()
     import jax
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -640,86 +657,136 @@ def main(argv=None):
             save()
             continue
         for n in args.sizes:
-            atoms = _atoms(n)
-            N = len(atoms)
-            p = {"model": name, "description": desc, "cells": n, "n_atoms": N}
-            try:
-                bare, bare_calls = prepare_bare(model, efs, atoms)
-                bare_s = _median_time(bare, 2) / bare_calls
-                # Chunks of at least ~0.3 s, so that the per-chunk host check does not count for
-                # fast (JAX-native) models; ML models take --steps steps per chunk.
-                steps = int(min(1000, max(args.steps, np.ceil(0.3 / bare_s))))
-                p["steps_per_chunk"] = steps
-                # Every path is set up and warmed up first, then timed round-robin (see
-                # interleaved_seconds_per_step), so that all ratios of a point share the same
-                # machine state.
-                runners = {"bare": (bare, bare_calls)}
-                for ens in ("nvt", "npt"):
-                    runners[ens] = (prepare_jaxpto(model, atoms, ens, 1, steps), steps)
-                for R in args.replicas:
-                    if R == 1:
-                        continue
-                    if R * N > args.max_total_atoms:
-                        result["skipped"].append({"model": name, "n_atoms": N, "replicas": R,
-                                                  "reason": f"R*N = {R * N} > --max-total-atoms {args.max_total_atoms}"})
-                        continue
-                    runners[f"R{R}"] = (prepare_jaxpto(model, atoms, "nvt", R, steps), steps)
-                if N <= args.ase_max_atoms:
-                    ase_steps = max(1, min(steps, 50) // 2)
-                    runners["ase"] = (prepare_ase(calc_factory, atoms, ase_steps), ase_steps)
-                else:
-                    result["skipped"].append({"model": name, "n_atoms": N, "path": "ase",
-                                              "reason": f"N > --ase-max-atoms {args.ase_max_atoms}"})
-                try:
-                    if N > args.torchsim_max_atoms:
-                        raise NotImplementedError(f"N > --torchsim-max-atoms {args.torchsim_max_atoms}")
-                    ts_model = torchsim_model(name, efs)
-                    p["torchsim_agreement"] = agree = torchsim_agreement(ts_model, model, atoms)
-                    # float32 round-off on both sides; anything larger is a different model
-                    agree["same_model"] = bool(agree["dE_per_atom"] < 1e-4
-                                               and agree["max_dF"] < 1e-3 * max(1.0, agree["max_abs_F"]))
-                    runners["torchsim"] = (prepare_torchsim(ts_model, atoms, steps), steps)
-                    p["torchsim_version"] = _torchsim_version()
-                    p["torchsim_wrapper"] = f"{type(ts_model).__module__}.{type(ts_model).__qualname__}"
-                except ImportError as exc:
-                    p["torchsim_skipped"] = (f"TorchSim side not importable here ({type(exc).__name__}: {exc}); "
-                                             "pip install torch-sim-atomistic (0.3.0 is the last for Python 3.11)")
-                except NotImplementedError as exc:
-                    p["torchsim_skipped"] = str(exc)
-                except Exception as exc:
-                    p["torchsim_failed"] = f"{type(exc).__name__}: {exc}"
-                sec = interleaved_seconds_per_step(runners, args.repeats)
-                for key in ("bare", "nvt", "npt", "ase", "torchsim"):
-                    if key in sec:
-                        p[key] = _point(sec[key], N)
-                p["jaxpto_over_bare"] = p["nvt"]["ms_per_step"] / p["bare"]["ms_per_step"]
-                p["replicas"] = {}
-                for key in sec:
-                    if key.startswith("R"):
-                        R = int(key[1:])
-                        p["replicas"][str(R)] = _point(sec[key], N, R)
-                        p["replicas"][str(R)]["throughput_over_R1"] = \
-                            p["replicas"][str(R)]["atom_steps_per_s"] / p["nvt"]["atom_steps_per_s"]
-                if "ase" in p:
-                    p["ase_over_jaxpto"] = p["ase"]["ms_per_step"] / p["nvt"]["ms_per_step"]
-                if "torchsim" in p:
-                    p["torchsim_over_jaxpto"] = p["torchsim"]["ms_per_step"] / p["nvt"]["ms_per_step"]
-                p["memory"] = _peak_memory()
-            except Exception as exc:
-                p["error"] = f"{type(exc).__name__}: {exc}"
-                p["traceback"] = traceback.format_exc(limit=3)
+            p = measure_point(name, model, efs, calc_factory, desc, n, args, result["skipped"])
             result["points"].append(p)
             save()
-            line = f"[{name}] N={N}: " + ", ".join(
-                f"{k} {p[k]['ms_per_step']:.1f} ms" for k in ("bare", "nvt", "npt", "ase", "torchsim") if k in p)
-            if "jaxpto_over_bare" in p:
-                line += f"; jaxpto/bare {p['jaxpto_over_bare']:.3f}"
-            if "ase_over_jaxpto" in p:
-                line += f"; ASE/jaxpto {p['ase_over_jaxpto']:.2f}"
-            if "torchsim_over_jaxpto" in p:
-                line += f"; TorchSim/jaxpto {p['torchsim_over_jaxpto']:.2f}"
-            print(line + (f"; ERROR {p['error']}" if "error" in p else ""), flush=True)
+            print(point_line(p), flush=True)
     return _finish(result, save, gpu, out)
+
+
+class OutOfTime(RuntimeError):
+    """A point's required path (bare, nvt) does not fit in the time left (``measure_point``)."""
+
+
+def measure_point(name, model, efs, calc_factory, desc, n, args, skipped, time_left=None):
+    """One (model, n^3 cells) point of the suite: every path set up and warmed up, then timed
+    round-robin (:func:`interleaved_seconds_per_step`); returns the point's dict (an ``error``
+    key if it failed) and appends skipped paths to ``skipped``.
+
+    ``args``: ``steps``, ``repeats``, ``replicas``, ``max_total_atoms``, ``ase_max_atoms``,
+    ``torchsim_max_atoms`` (as the command line's). ``time_left``: optional callable giving the
+    seconds left; a path whose predicted cost (its set-up, measured for the first jaxpto path, plus
+    ``repeats + 1`` chunks at the bare call's speed times the replicas) does not fit is skipped and
+    listed with the reason ("time budget"); without the bare and NVT paths the point is an error.
+    """
+    atoms = _atoms(n)
+    N = len(atoms)
+    p = {"model": name, "description": desc, "cells": n, "n_atoms": N}
+    setup = {"s": None}  # seconds the first jaxpto path took to compile and warm up
+
+    def fits(path, chunk_s, required=False):
+        if time_left is None:
+            return True
+        need = (setup["s"] or 0.0) + (args.repeats + 1) * chunk_s
+        if time_left() > need:
+            return True
+        reason = f"time budget: {time_left():.0f} s left, this path needs ~{need:.0f} s"
+        if required:
+            raise OutOfTime(reason)
+        skipped.append({"model": name, "n_atoms": N, "path": path, "reason": reason})
+        return False
+
+    try:
+        if time_left is not None and time_left() <= 0:
+            raise OutOfTime("time budget: none left")
+        bare, bare_calls = prepare_bare(model, efs, atoms)
+        bare_s = _median_time(bare, 2) / bare_calls
+        # Chunks of at least ~0.3 s, so that the per-chunk host check does not count for
+        # fast (JAX-native) models; ML models take --steps steps per chunk.
+        steps = int(min(1000, max(args.steps, np.ceil(0.3 / bare_s))))
+        p["steps_per_chunk"] = steps
+        # Every path is set up and warmed up first, then timed round-robin (see
+        # interleaved_seconds_per_step), so that all ratios of a point share the same
+        # machine state.
+        runners = {"bare": (bare, bare_calls)}
+        for ens in ("nvt", "npt"):
+            if not fits(ens, steps * bare_s, required=ens == "nvt"):
+                continue
+            t0 = time.perf_counter()
+            runners[ens] = (prepare_jaxpto(model, atoms, ens, 1, steps), steps)
+            setup["s"] = setup["s"] or time.perf_counter() - t0
+            p["jaxpto_setup_s"] = setup["s"]  # compilation + warm-up chunk of the first jaxpto path
+        for R in args.replicas:
+            if R == 1:
+                continue
+            if R * N > args.max_total_atoms:
+                skipped.append({"model": name, "n_atoms": N, "replicas": R,
+                                "reason": f"R*N = {R * N} > --max-total-atoms {args.max_total_atoms}"})
+                continue
+            if fits(f"R{R}", R * steps * bare_s):
+                runners[f"R{R}"] = (prepare_jaxpto(model, atoms, "nvt", R, steps), steps)
+        if N <= args.ase_max_atoms:
+            ase_steps = max(1, min(steps, 50) // 2)
+            # ASE's step is the model's call plus its own (CPU) graph building: up to ~10x the
+            # bare call on a GPU (the ASE/jaxpto >= 10 target), so its chunk is predicted at 10x.
+            if fits("ase", 10 * ase_steps * bare_s):
+                runners["ase"] = (prepare_ase(calc_factory, atoms, ase_steps), ase_steps)
+        else:
+            skipped.append({"model": name, "n_atoms": N, "path": "ase",
+                            "reason": f"N > --ase-max-atoms {args.ase_max_atoms}"})
+        try:
+            if N > args.torchsim_max_atoms:
+                raise NotImplementedError(f"N > --torchsim-max-atoms {args.torchsim_max_atoms}")
+            ts_model = torchsim_model(name, efs)
+            p["torchsim_agreement"] = agree = torchsim_agreement(ts_model, model, atoms)
+            # float32 round-off on both sides; anything larger is a different model
+            agree["same_model"] = bool(agree["dE_per_atom"] < 1e-4
+                                       and agree["max_dF"] < 1e-3 * max(1.0, agree["max_abs_F"]))
+            if fits("torchsim", 2 * steps * bare_s):
+                runners["torchsim"] = (prepare_torchsim(ts_model, atoms, steps), steps)
+                p["torchsim_version"] = _torchsim_version()
+                p["torchsim_wrapper"] = f"{type(ts_model).__module__}.{type(ts_model).__qualname__}"
+        except ImportError as exc:
+            p["torchsim_skipped"] = (f"TorchSim side not importable here ({type(exc).__name__}: {exc}); "
+                                     "pip install torch-sim-atomistic (0.3.0 is the last for Python 3.11)")
+        except NotImplementedError as exc:
+            p["torchsim_skipped"] = str(exc)
+        except Exception as exc:
+            p["torchsim_failed"] = f"{type(exc).__name__}: {exc}"
+        sec = interleaved_seconds_per_step(runners, args.repeats)
+        for key in ("bare", "nvt", "npt", "ase", "torchsim"):
+            if key in sec:
+                p[key] = _point(sec[key], N)
+        p["jaxpto_over_bare"] = p["nvt"]["ms_per_step"] / p["bare"]["ms_per_step"]
+        p["replicas"] = {}
+        for key in sec:
+            if key.startswith("R"):
+                R = int(key[1:])
+                p["replicas"][str(R)] = _point(sec[key], N, R)
+                p["replicas"][str(R)]["throughput_over_R1"] = \
+                    p["replicas"][str(R)]["atom_steps_per_s"] / p["nvt"]["atom_steps_per_s"]
+        if "ase" in p:
+            p["ase_over_jaxpto"] = p["ase"]["ms_per_step"] / p["nvt"]["ms_per_step"]
+        if "torchsim" in p:
+            p["torchsim_over_jaxpto"] = p["torchsim"]["ms_per_step"] / p["nvt"]["ms_per_step"]
+        p["memory"] = _peak_memory()
+    except Exception as exc:
+        p["error"] = f"{type(exc).__name__}: {exc}"
+        p["traceback"] = traceback.format_exc(limit=3)
+    return p
+
+
+def point_line(p) -> str:
+    """One line of progress for a point."""
+    line = f"[{p['model']}] N={p['n_atoms']}: " + ", ".join(
+        f"{k} {p[k]['ms_per_step']:.1f} ms" for k in ("bare", "nvt", "npt", "ase", "torchsim") if k in p)
+    if "jaxpto_over_bare" in p:
+        line += f"; jaxpto/bare {p['jaxpto_over_bare']:.3f}"
+    if "ase_over_jaxpto" in p:
+        line += f"; ASE/jaxpto {p['ase_over_jaxpto']:.2f}"
+    if "torchsim_over_jaxpto" in p:
+        line += f"; TorchSim/jaxpto {p['torchsim_over_jaxpto']:.2f}"
+    return line + (f"; ERROR {p['error']}" if "error" in p else "")
 
 
 def _finish(result, save, gpu, out):
@@ -750,7 +817,8 @@ def _child_argv(args, name, n, out):
 
 def _child_env():
     """The points' processes run with the user's environment: without the parent's own
-    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (see ``main``), so each point allocates as JAX does by default."""
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (see ``main``), so each point's process makes jaxpto's
+    own choice (``bridges/gpu_memory.py``) as a user's run would."""
     env = dict(os.environ)
     if _parent_set_preallocate:
         env.pop(_PREALLOCATE, None)

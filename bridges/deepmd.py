@@ -66,6 +66,11 @@ guard also lets ``deepmd.calculator.DP`` work in the same process once this modu
 :func:`import_deepmd_pt` additionally restores the ``multiprocessing`` start method, which
 ``deepmd.pt.utils.env`` forces to ``"fork"`` for its training data loaders (forking a process
 running JAX's threads can deadlock; inference never forks).
+
+This module owns DeePMD's extended system (:meth:`DeePMDEFS.extended_system`), :class:`DeePMDEFS`,
+the import guard, reading DeePMD files and pretrained names (:func:`load`, :func:`looks_like`,
+:func:`pretrained_names`), :func:`efs_from_calculator`, :func:`model_identity` and
+:func:`ase_calculator`.
 """
 
 from __future__ import annotations
@@ -175,18 +180,6 @@ def import_deepmd_pt():
     return dpt
 
 
-def _as_torch_dtype(dtype):
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    import numpy as np
-    name = np.dtype(dtype).name
-    if name not in ("float32", "float64"):
-        raise ValueError(f"DeePMD bridge dtype must be float32 or float64, got {dtype!r}")
-    return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
 def _model_float_dtype(model) -> torch.dtype:
     """The model's compute precision: the dtype of its (first) floating-point parameter."""
     import torch
@@ -251,100 +244,85 @@ class DeePMDEFS:
     def __init__(self, model, *, name: str = "deepmd", type_dict=None, fparam=None, charge_spin=None,
                  device=None, dtype=None):
         import torch
-        from ase.data import atomic_numbers, chemical_symbols
 
-        if device is None:
-            device = next(model.parameters()).device
-        self.device = torch.device(device)
+        from bridges.graph import ElementIndex
+        from bridges.torch_bridge import torch_float_dtype
+
+        self.device = torch.device(device if device is not None else next(model.parameters()).device)
         self.model = model.to(self.device)
         self.model.eval()
         self.model_dtype = _model_float_dtype(model)
-        self.dtype = _as_torch_dtype(dtype) or self.model_dtype
+        self.dtype = torch_float_dtype(dtype, "DeePMD", default=self.model_dtype)
         self.name = name
         _check_interface(model, name)
         self.cutoff = float(model.get_rcut())
         self.nnei = int(sum(model.get_sel()))
         self.type_map = list(model.get_type_map())
-
         if int(model.get_dim_aparam()) > 0:
             raise NotImplementedError(f"DeePMD model {name!r} needs per-atom parameters (aparam); the bridge "
                                       "does not supply them")
-        n_fparam = int(model.get_dim_fparam())
-        self.fparam = None
-        if n_fparam > 0:
-            if fparam is None:
-                if not bool(model.has_default_fparam()):
-                    raise ValueError(f"DeePMD model {name!r} needs {n_fparam} frame parameters: pass fparam=[...]")
-            else:
-                fp = torch.as_tensor(fparam, dtype=self.dtype, device=self.device).reshape(-1)
-                if fp.numel() != n_fparam:
-                    raise ValueError(f"DeePMD model {name!r} takes {n_fparam} frame parameters, got {fp.numel()}")
-                self.fparam = fp
-        elif fparam is not None:
-            raise ValueError(f"DeePMD model {name!r} takes no frame parameters (fparam)")
+        self.fparam = self._constant_input("frame parameters (fparam)", fparam, int(model.get_dim_fparam()),
+                                           lambda: bool(model.has_default_fparam()), "fparam=[...]")
         # Charge/spin conditioning (DPA-3 with add_chg_spin_ebd, e.g. models for molecules).
         n_cs = int(model.get_dim_chg_spin()) if hasattr(model, "get_dim_chg_spin") else 0
-        self.charge_spin = None
-        if n_cs > 0:
-            if charge_spin is None:
-                if not (hasattr(model, "has_default_chg_spin") and bool(model.has_default_chg_spin())):
-                    raise ValueError(f"DeePMD model {name!r} needs the system's charge and spin: pass "
-                                     "charge_spin=(charge, spin)")
-            else:
-                cs = torch.as_tensor(charge_spin, dtype=self.dtype, device=self.device).reshape(-1)
-                if cs.numel() != n_cs:
-                    raise ValueError(f"DeePMD model {name!r} takes {n_cs} charge/spin values, got {cs.numel()}")
-                self.charge_spin = cs
-        elif charge_spin is not None:
-            raise ValueError(f"DeePMD model {name!r} has no charge/spin input")
+        self.charge_spin = self._constant_input(
+            "charge/spin values", charge_spin, n_cs,
+            lambda: hasattr(model, "has_default_chg_spin") and bool(model.has_default_chg_spin()),
+            "charge_spin=(charge, spin)")
+        self._types = ElementIndex(self._type_index(type_dict), name=f"DeePMD model {name!r} (type_map {self.type_map})",
+                                   device=self.device)
+        self.elements = self._types.elements
+
+    def _constant_input(self, what: str, value, size: int, has_default, how: str):
+        """One vector for every replica (``fparam``, ``charge_spin``), checked against the model's size;
+        None where the model takes none or uses its own default."""
+        import torch
+
+        if size == 0:
+            if value is not None:
+                raise ValueError(f"DeePMD model {self.name!r} takes no {what}")
+            return None
+        if value is None:
+            if not has_default():
+                raise ValueError(f"DeePMD model {self.name!r} needs {size} {what}: pass {how}")
+            return None
+        vec = torch.as_tensor(value, dtype=self.dtype, device=self.device).reshape(-1)
+        if vec.numel() != size:
+            raise ValueError(f"DeePMD model {self.name!r} takes {size} {what}, got {vec.numel()}")
+        return vec
+
+    def _type_index(self, type_dict) -> dict:
+        """``{atomic number: model type}`` from ``type_dict`` (default: the type_map's element symbols)."""
+        from ase.data import atomic_numbers
+
+        from bridges.graph import ElementIndex
 
         if type_dict is None:
             type_dict = {t: i for i, t in enumerate(self.type_map) if t in atomic_numbers}
-        table = torch.full((128,), -1, dtype=torch.int64)
+        index = {}
         for sym, idx in type_dict.items():
-            z = int(sym) if isinstance(sym, (int,)) else atomic_numbers.get(str(sym))
-            if z is None or not 0 < z < 128:
+            z = int(sym) if isinstance(sym, int) else atomic_numbers.get(str(sym))
+            if z is None or not 0 < z < ElementIndex.SIZE:
                 raise ValueError(f"type_dict key {sym!r} is not a chemical element")
             if not 0 <= int(idx) < len(self.type_map):
                 raise ValueError(f"type_dict[{sym!r}] = {idx} is not a type of the model ({self.type_map})")
-            table[z] = int(idx)
-        if not bool((table >= 0).any()):
-            raise ValueError(f"DeePMD model {name!r}: no type of its type_map {self.type_map} is a chemical "
+            index[z] = int(idx)
+        if not index:
+            raise ValueError(f"DeePMD model {self.name!r}: no type of its type_map {self.type_map} is a chemical "
                              "element; give type_dict={'O': 0, ...}")
-        self._z_to_type = table.to(self.device)
-        self.elements = frozenset(int(z) for z in torch.nonzero(table >= 0).flatten().tolist())
-        self._symbols = chemical_symbols
-        self._validated: set = set()
+        return index
 
     def to(self, device):
         import torch
 
         self.device = torch.device(device)
         self.model = self.model.to(self.device)
-        self._z_to_type = self._z_to_type.to(self.device)
+        self._types.to(self.device)
         if self.fparam is not None:
             self.fparam = self.fparam.to(self.device)
         if self.charge_spin is not None:
             self.charge_spin = self.charge_spin.to(self.device)
         return self
-
-    def _types(self, numbers: torch.Tensor) -> torch.Tensor:
-        """Model type index of each atom; ``ValueError`` for elements outside the model's type_map."""
-        import torch
-
-        numbers = numbers.to(device=self.device, dtype=torch.int64)
-        types = self._z_to_type[numbers.clamp(0, 127)]
-        key = (int(numbers.shape[0]), str(self.device))
-        # On the CPU the check is free; on a GPU it costs a synchronisation, so it runs on the first
-        # call per system size only (the engine refuses uncovered elements before any step anyway).
-        if self.device.type == "cpu" or key not in self._validated:
-            if bool(((types < 0) | (numbers >= 128)).any()):
-                bad = sorted({int(z) for z in numbers.tolist() if not (0 < z < 128) or int(self._z_to_type[z]) < 0})
-                names = [self._symbols[z] if 0 < z < len(self._symbols) else str(z) for z in bad]
-                raise ValueError(f"DeePMD model {self.name!r} (type_map {self.type_map}) does not cover "
-                                 f"atomic numbers {bad} ({', '.join(names)})")
-            self._validated.add(key)
-        return types
 
     def extended_system(self, positions, cell, numbers, edge_src, edge_dst, edge_shift, edge_mask):
         """DeePMD's extended system for ``forward_lower``: ``(ext_coord, ext_atype, nlist, mapping)``.
@@ -357,7 +335,6 @@ class DeePMDEFS:
         dev, fdt = self.device, self.dtype
         R, N = positions.shape[0], positions.shape[1]
         E = edge_src.shape[1]
-        S = self.nnei
         pos = positions.to(device=dev, dtype=fdt)
         cell = cell.to(device=dev, dtype=fdt)
         types = self._types(numbers)
@@ -369,8 +346,20 @@ class DeePMDEFS:
         ghost = torch.gather(pos, 1, dst[..., None].expand(R, E, 3)) + torch.einsum("rek,rkl->rel", shift, cell)
         centre = torch.gather(pos, 1, src[..., None].expand(R, E, 3))
         r2 = ((ghost - centre) ** 2).sum(-1)
-        real = mask & (r2 < self.cutoff ** 2)  # the engine may hand pairs up to cutoff + skin
+        nlist = self._nearest_ghosts(src, r2, mask, N)  # the bridge has cut the list at rcut
+        ext_coord = torch.cat([pos, ghost], 1)
+        local = torch.arange(N, device=dev).expand(R, N)
+        mapping = torch.cat([local, dst], 1)
+        ext_atype = types[mapping]
+        return ext_coord, ext_atype, nlist, mapping
 
+    def _nearest_ghosts(self, src, r2, real, N: int):
+        """``nlist`` [R, N, sum(sel)]: per centre the ghosts ``N + e`` of its real edges, nearest first,
+        the nearest ``sum(sel)`` kept (as DeePMD's ``build_neighbor_list``), ``-1`` padded."""
+        import torch
+
+        R, E = src.shape
+        S, dev = self.nnei, src.device
         # Edges ordered by (centre, distance), unreal ones last: two stable sorts.
         big = torch.finfo(r2.dtype).max
         by_dist = torch.argsort(torch.where(real, r2, big), dim=1, stable=True)
@@ -387,13 +376,7 @@ class DeePMDEFS:
         slot = torch.where(keep, (frame * N + c_sorted.clamp(max=N - 1)) * S + rank, R * N * S)
         nlist = torch.full((R * N * S + 1,), -1, dtype=torch.int64, device=dev)
         nlist.scatter_(0, slot.reshape(-1), (order + N).reshape(-1))
-        nlist = nlist[:-1].view(R, N, S)
-
-        ext_coord = torch.cat([pos, ghost], 1)
-        local = torch.arange(N, device=dev).expand(R, N)
-        mapping = torch.cat([local, dst], 1)
-        ext_atype = types[mapping]
-        return ext_coord, ext_atype, nlist, mapping
+        return nlist[:-1].view(R, N, S)
 
     def __call__(self, positions, cell, numbers, edge_src, edge_dst, edge_shift, edge_mask):
         import torch
@@ -447,27 +430,8 @@ def _register_pretrained() -> None:
 
     for name in pretrained_names():
         if _bridge_supports_pretrained(name) and name.lower() not in registry.KNOWN_MODELS:
-            registry.register(name, "deepmd", f"DeePMD pretrained {name} (downloaded by deepmd-kit; multi-task "
-                              "models need head=...)")
-
-
-def _reachable(urls, timeout: float = 3.0) -> bool:
-    """Whether any download host answers a TCP connection within ``timeout`` seconds (in parallel)."""
-    import concurrent.futures
-    import socket
-    import urllib.parse
-
-    hosts = sorted({(urllib.parse.urlparse(u).hostname, urllib.parse.urlparse(u).port or 443) for u in urls})
-
-    def probe(host_port):
-        try:
-            with socket.create_connection(host_port, timeout=timeout):
-                return True
-        except OSError:
-            return False
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        return any(pool.map(probe, hosts))
+            registry.register(name.lower(), "deepmd", f"DeePMD pretrained {name} (downloaded by deepmd-kit; "
+                              "multi-task models need head=...)", key=name)
 
 
 def _pretrained_path(name: str, cache_dir=None) -> str:
@@ -480,13 +444,11 @@ def _pretrained_path(name: str, cache_dir=None) -> str:
     cache = Path(cache_dir) if cache_dir is not None else download.DEFAULT_CACHE_DIR
     cached = cache / str(info["filename"])
     if not cached.is_file():
-        urls = download._model_download_urls(info)
-        if not _reachable(urls):
-            hosts = ", ".join(sorted({u.split("/")[2] for u in urls}))
-            raise RuntimeError(
-                f"cannot download DeePMD pretrained model {key!r}: no connection to {hosts}. On a machine with "
-                f"network run `dp pretrained download {key}` and copy {info['filename']} into {cache}, "
-                "or pass the file's path to load_model")
+        from bridges._download import require_download
+
+        require_download(download._model_download_urls(info), f"DeePMD pretrained model {key!r}", timeout=3.0,
+                         local_hint=f"on a machine with network run `dp pretrained download {key}` and copy "
+                                    f"{info['filename']} into {cache}, or pass the file's path to load_model")
     try:
         return str(download.download_model(key, cache_dir=cache))
     except Exception as exc:
@@ -548,18 +510,22 @@ def load(name_or_path, *, device=None, dtype=None, head=None, type_dict=None, fp
     type_dict, fparam, charge_spin:
         See :class:`DeePMDEFS`.
     device:
-        Torch device; default CUDA when available, else CPU.
+        Torch device; default: JAX's platform (:func:`bridges.torch_bridge.resolve_device`).
     dtype:
         Float dtype of the coordinates and results (``float32``/``float64``; default the model's
         precision). The model itself computes in the precision it was saved in.
     """
-    import torch
+    from bridges.torch_bridge import resolve_device, torch_float_dtype
 
+    model, label = _model_for(name_or_path, head, cache_dir)
+    return DeePMDEFS(model, name=label, type_dict=type_dict, fparam=fparam, charge_spin=charge_spin,
+                     device=resolve_device(device), dtype=torch_float_dtype(dtype, "DeePMD"))
+
+
+def _model_file(name_or_path, cache_dir) -> tuple[str, str]:
+    """``(file, label)`` of a DeePMD PyTorch model file or a pretrained name (downloaded into DeePMD's cache)."""
     import_deepmd_pt()
-    name_or_path = os.fspath(name_or_path)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = name_or_path
+    path = name_or_path = os.fspath(name_or_path)
     label = Path(name_or_path).name
     if not os.path.isfile(path):
         known = {n.lower(): n for n in pretrained_names()}
@@ -575,16 +541,19 @@ def load(name_or_path, *, device=None, dtype=None, head=None, type_dict=None, fp
     if suffix in _OTHER_BACKENDS:
         raise ValueError(f"{path} is {_OTHER_BACKENDS[suffix]}, which the torch bridge cannot call; "
                          + _CONVERT_HINT.format(src=Path(path).name, dst=Path(path).with_suffix('.pth').name))
-    if suffix in _PT_SUFFIXES:
-        model = _load_pt(path, head)
-    elif suffix in _DP_SUFFIXES:
-        if head is not None:
-            raise ValueError(f"{path}: head= applies to multi-task .pt checkpoints only")
-        model = _load_dp(path)
-    else:
+    if suffix not in _PT_SUFFIXES + _DP_SUFFIXES:
         raise ValueError(f"{path}: unknown DeePMD file type {suffix!r}; expected .pth, .pt, .dp or .yaml")
-    return DeePMDEFS(model, name=label, type_dict=type_dict, fparam=fparam, charge_spin=charge_spin,
-                     device=device, dtype=_as_torch_dtype(dtype))
+    return path, label
+
+
+def _model_for(name_or_path, head, cache_dir):
+    """``(DeePMD PyTorch model, label)`` for a model file or a pretrained name."""
+    path, label = _model_file(name_or_path, cache_dir)
+    if Path(path).suffix.lower() in _PT_SUFFIXES:
+        return _load_pt(path, head), label
+    if head is not None:
+        raise ValueError(f"{path}: head= applies to multi-task .pt checkpoints only")
+    return _load_dp(path), label
 
 
 def looks_like(path) -> bool:
@@ -631,19 +600,12 @@ def looks_like(path) -> bool:
     return False
 
 
-def efs_from_calculator(calc):
-    """A :class:`DeePMDEFS` on the model already loaded by ``deepmd.calculator.DP`` (PyTorch backend), or None.
-
-    Reuses ``calc.dp``'s model object and ``calc.type_dict``. ``None`` (the caller then falls back
-    to calling the calculator) for other calculators, other DeePMD backends (TF, JAX, ...), models
-    with a data modifier, per-atom or required frame parameters, and spin models.
-    """
+def _own_model(calc):
+    """The PyTorch model a ``deepmd.calculator.DP`` (exact class) runs, if the bridge reproduces it, else None."""
     if (type(calc).__module__ or "") != "deepmd.calculator" or type(calc).__name__ != "DP":
         return None
     backend = _pt_backend(getattr(calc, "dp", None))
-    if backend is None or getattr(backend, "modifier", None) is not None:
-        return None
-    if getattr(backend, "_has_spin", False):
+    if backend is None or getattr(backend, "modifier", None) is not None or getattr(backend, "_has_spin", False):
         return None
     model = backend.dp.model["Default"]
     try:
@@ -656,12 +618,48 @@ def efs_from_calculator(calc):
             return None  # likewise atoms.info["charge_spin"]
     except AttributeError:
         return None
+    return model
+
+
+def _element_type_dict(calc) -> dict:
+    """DP's ``type_dict`` without entries that are not elements ("OW" never matches a symbol)."""
     from ase.data import atomic_numbers
 
-    # DP maps chemical symbols through type_dict; entries that are not elements ("OW") never match.
-    type_dict = {k: int(v) for k, v in (getattr(calc, "type_dict", None) or {}).items() if k in atomic_numbers}
-    name = f"DP[{Path(str(getattr(backend, 'model_path', 'deepmd'))).name}]"
-    return DeePMDEFS(model, name=name, type_dict=type_dict or None)
+    return {k: int(v) for k, v in (getattr(calc, "type_dict", None) or {}).items() if k in atomic_numbers}
+
+
+def efs_from_calculator(calc):
+    """A :class:`DeePMDEFS` on the model already loaded by ``deepmd.calculator.DP`` (PyTorch backend), or None.
+
+    Reuses ``calc.dp``'s model object and ``calc.type_dict``. ``None`` (the caller then falls back
+    to calling the calculator) for other calculators, other DeePMD backends (TF, JAX, ...), models
+    with a data modifier, per-atom or required frame parameters, and spin models.
+    """
+    model = _own_model(calc)
+    if model is None:
+        return None
+    name = f"DP[{Path(str(getattr(_pt_backend(calc.dp), 'model_path', 'deepmd'))).name}]"
+    return DeePMDEFS(model, name=name, type_dict=_element_type_dict(calc) or None)
+
+
+def model_identity(calc):
+    """What makes two DP calculators compute the same thing: the model object and the type map."""
+    model = _own_model(calc)
+    if model is None:
+        return None
+    from bridges.resolver import Same
+
+    return Same(model), tuple(sorted(_element_type_dict(calc).items()))
+
+
+def ase_calculator(name_or_path, *, device=None, head=None, cache_dir=None):
+    """DeePMD's own ASE calculator ``deepmd.calculator.DP`` for a model file or a pretrained name.
+
+    (DP runs where deepmd-kit puts it; ``device`` is accepted for the common signature.)
+    """
+    from deepmd.calculator import DP
+
+    return DP(_model_file(name_or_path, cache_dir)[0], head=head)
 
 
 install_import_guard()

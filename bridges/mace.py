@@ -11,8 +11,8 @@ replicas as one batched graph (replica ``r``'s atoms are nodes ``r*N ... r*N + N
 * ``edge_index = [sender, receiver] = [src, dst]``: MACE's edge vector is
   ``positions[receiver] - positions[sender] + shifts`` (``mace.modules.utils``), the engine's
   ``d = pos[dst] - pos[src] + S @ cell``; ``unit_shifts = S`` and ``shifts = S @ cell[r]``;
-* only real pairs (``edge_mask``) strictly inside the model's ``r_max`` are kept (matscipy's
-  ``d < cutoff``, as MACE's own neighbour list; the engine hands over pairs up to cutoff + skin);
+* only real pairs (``edge_mask``) are kept: the bridge has cut them strictly inside the model's
+  ``r_max`` (matscipy's ``d < cutoff``, as MACE's own neighbour list);
 * ``node_attrs``: one-hot over ``model.atomic_numbers`` in the model's order (MACE's
   ``AtomicNumberTable``); ``batch``, ``ptr``, ``cell`` as ``[R*3, 3]``, ``head`` per replica.
 
@@ -26,7 +26,8 @@ Precision: ``float32`` (default, as ``mace_mp``) or ``float64`` (the model is co
 
 Named models are fetched by mace-torch's own download and cache (``~/.cache/mace``, or
 ``$XDG_CACHE_HOME/mace``); when the file is not cached and the server cannot be reached, loading
-fails within seconds with a message naming the URL, the cache path and how to pass a local file.
+fails within seconds with a message naming the URL, the cache path and how to pass a local file
+(:func:`bridges._download.require_download`).
 
 e3nn versions: mace-torch pins ``e3nn==0.4.4`` while this project runs e3nn >= 0.5 (SevenNet
 needs it). MACE's code runs unchanged under e3nn 0.6.0 (same energies), but MACE ``.model``
@@ -44,6 +45,11 @@ MACE-MP models) never uses, so the rebuilt model computes the same energies.
 ``import mace`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the process environment (mace-torch
 does this itself so that its pickled models load under torch >= 2.6). Model files are pickles:
 load only files you trust, as with MACE itself.
+
+This module owns MACE's input dictionary (:meth:`MACEEFS.graph`), :class:`MACEEFS`, reading MACE
+files (:func:`load_mace_module`, :func:`e3nn_legacy_unpickling`, :func:`looks_like`), the named
+models' cache (:func:`mace_cache_path`), :func:`load`, :func:`efs_from_calculator`,
+:func:`model_identity` and :func:`ase_calculator`.
 """
 
 from __future__ import annotations
@@ -51,77 +57,27 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
 
 import torch
 
-from bridges.torch_bridge import resolve_device
+from bridges._download import require_download
+from bridges.graph import ElementIndex, batched_edges, image_displacements, node_replica
+from bridges.registry import family_names
+from bridges.torch_bridge import resolve_device, torch_float_dtype
 
 __all__ = ["MODEL_NAMES", "MACEEFS", "load", "load_mace_module", "looks_like", "efs_from_calculator",
-           "e3nn_legacy_unpickling", "mace_cache_path"]
+           "model_identity", "ase_calculator", "e3nn_legacy_unpickling", "mace_cache_path"]
 
 # jaxpto name -> (mace-torch foundation family, key in mace's URL table). The URLs themselves are
 # read from mace.calculators.foundations_models at load time (mace-torch owns them).
-MODEL_NAMES: dict[str, tuple[str, str]] = {
-    "mace-mp-0b-medium": ("mp", "medium-0b"),
-    "mace-mp-0b-small": ("mp", "small-0b"),
-    "mace-mp-0-small": ("mp", "small"),
-    "mace-mp-0-medium": ("mp", "medium"),
-    "mace-mp-0-large": ("mp", "large"),
-    "mace-mp-0b2-small": ("mp", "small-0b2"),
-    "mace-mp-0b2-medium": ("mp", "medium-0b2"),
-    "mace-mp-0b2-large": ("mp", "large-0b2"),
-    "mace-mp-0b3-medium": ("mp", "medium-0b3"),
-    "mace-mpa-0-medium": ("mp", "medium-mpa-0"),
-    "mace-omat-0-small": ("mp", "small-omat-0"),
-    "mace-omat-0-medium": ("mp", "medium-omat-0"),
-    "mace-matpes-pbe-0": ("mp", "mace-matpes-pbe-0"),
-    "mace-matpes-r2scan-0": ("mp", "mace-matpes-r2scan-0"),
-    "mace-off23-small": ("off", "small"),
-    "mace-off23-medium": ("off", "medium"),
-    "mace-off23-large": ("off", "large"),
-}
-_DESCRIPTIONS = {
-    "mace-mp-0b-medium": "MACE-MP-0b medium (mace_agnesi_medium.model; downloaded by mace-torch)",
-}
+MODEL_NAMES: dict[str, tuple[str, str]] = family_names("mace")
 
 # MACE classes whose forward is an energy model taking exactly the graph built here. Others
 # (PolarMACE, MACELES with k-space terms, dipole models, models with extra per-graph inputs such
 # as charge/spin embeddings) are refused with a clear error rather than evaluated wrongly.
 _ENERGY_CLASSES = ("MACE", "ScaleShiftMACE")
-
-
-def _register_names() -> None:
-    try:
-        from bridges import registry
-    except ImportError:  # pragma: no cover
-        return
-    for name, (fam, key) in MODEL_NAMES.items():
-        if name not in registry.KNOWN_MODELS:
-            desc = _DESCRIPTIONS.get(name, f"MACE {'MP' if fam == 'mp' else 'OFF23'} foundation model "
-                                           f"(mace_{fam}('{key}'); downloaded by mace-torch)")
-            registry.register(name, "mace", desc)
-
-
-_register_names()
-
-
-# ----------------------------------------------------------------------------- dtype / device
-
-
-def _as_torch_dtype(dtype) -> torch.dtype:
-    from bridges.torch_bridge import model_float_dtype
-
-    return model_float_dtype(dtype, "MACE")
-
-
-def _symbol(z: int) -> str:
-    from ase.data import chemical_symbols
-
-    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else "?"
 
 
 # ----------------------------------------------------------------------------- the EFS object
@@ -151,16 +107,14 @@ class MACEEFS:
         self.cutoff = float(model.r_max)
         zs = [int(z) for z in model.atomic_numbers.tolist()]
         self.atomic_numbers = zs
-        self.elements = frozenset(zs)
-        # z -> one-hot column (MACE's AtomicNumberTable order: the model's own list), -1 if absent
-        self._z_index = torch.full((128,), -1, dtype=torch.int64, device=self.device)
-        self._z_index[torch.tensor(zs, dtype=torch.int64, device=self.device)] = torch.arange(
-            len(zs), dtype=torch.int64, device=self.device)
         heads = list(getattr(model, "heads", None) or ["Default"])
         self.heads = heads
         self.head = _pick_head(heads, head, name)
         self.head_index = heads.index(self.head)
         self.name = name + (f"[{self.head}]" if len(heads) > 1 else "")
+        # z -> one-hot column (MACE's AtomicNumberTable order: the model's own list)
+        self._columns = ElementIndex({z: k for k, z in enumerate(zs)}, name=self.name, device=self.device)
+        self.elements = self._columns.elements
 
     def __repr__(self) -> str:
         return f"MACEEFS(name={self.name!r}, device={self.device}, dtype={self.dtype}, cutoff={self.cutoff})"
@@ -168,48 +122,29 @@ class MACEEFS:
     def to(self, device):
         self.device = torch.device(device)
         self.model = self.model.to(self.device)
-        self._z_index = self._z_index.to(self.device)
+        self._columns.to(self.device)
         return self
 
     def graph(self, positions, cell, numbers, edge_src, edge_dst, edge_shift, edge_mask) -> dict:
         """MACE's input dictionary for ``R`` replicas as one batched graph (see the module docstring)."""
         dev, dt = self.device, self.dtype
         R, N = int(positions.shape[0]), int(positions.shape[1])
-        numbers = numbers.to(device=dev, dtype=torch.int64)
-        bad = (numbers < 0) | (numbers >= 128)
-        col = self._z_index[numbers.clamp(0, 127)]
-        if bool((bad | (col < 0)).any()):
-            missing = sorted({int(z) for z in numbers.tolist() if not 0 <= z < 128 or z not in self.elements})
-            listing = ", ".join(f"{_symbol(z)} ({z})" for z in missing)
-            raise ValueError(f"{self.name} does not cover atomic numbers {missing}: {listing}")
-
+        col = self._columns(numbers)
         # Positions as a fresh leaf (MACE calls requires_grad_ on it); `detach` does not copy.
         pos = positions.reshape(R * N, 3).to(device=dev, dtype=dt).detach()
         cell = cell.to(device=dev, dtype=dt).detach()
         with torch.no_grad():
-            mask = edge_mask.to(device=dev, dtype=torch.bool)
-            E = mask.shape[1]
-            offset = (torch.arange(R, device=dev, dtype=torch.int64) * N)[:, None]
-            src = (edge_src.to(device=dev, dtype=torch.int64) + offset)[mask]
-            dst = (edge_dst.to(device=dev, dtype=torch.int64) + offset)[mask]
-            rep = torch.arange(R, device=dev, dtype=torch.int64)[:, None].expand(R, E)[mask]
-            unit = edge_shift.to(device=dev, dtype=dt)[mask]
-            shifts = torch.einsum("ek,ekl->el", unit, cell[rep])
-            vec = pos[dst] - pos[src] + shifts
-            # MACE's own graph (matscipy) holds the pairs with d < r_max; the engine's list may
-            # hold pairs up to cutoff + skin.
-            keep = (vec * vec).sum(-1) < self.cutoff ** 2
-            src, dst, rep, unit, shifts = src[keep], dst[keep], rep[keep], unit[keep], shifts[keep]
+            edges = batched_edges(edge_src, edge_dst, edge_shift, edge_mask, N, device=dev, dtype=dt)
             node_attrs = torch.zeros((N, len(self.atomic_numbers)), device=dev, dtype=dt)
             node_attrs[torch.arange(N, device=dev), col] = 1.0
         return {
             "positions": pos,
             "cell": cell.reshape(R * 3, 3),
-            "edge_index": torch.stack([src, dst]),
-            "shifts": shifts,
-            "unit_shifts": unit,
+            "edge_index": torch.stack([edges.src, edges.dst]),
+            "shifts": image_displacements(cell, edges),
+            "unit_shifts": edges.shift,
             "node_attrs": node_attrs.repeat(R, 1),
-            "batch": torch.arange(R, device=dev, dtype=torch.int64).repeat_interleave(N),
+            "batch": node_replica(R, N, dev),
             "ptr": torch.arange(R + 1, device=dev, dtype=torch.int64) * N,
             "head": torch.full((R,), self.head_index, device=dev, dtype=torch.int64),
         }
@@ -413,25 +348,12 @@ def mace_cache_path(name: str) -> str:
     return os.path.join(str(get_cache_dir()), base)
 
 
-def _reachable(url: str, timeout: float) -> str | None:
-    """None if a HEAD request to ``url`` succeeds within ``timeout`` s (proxies as urllib), else why not."""
-    from mace.calculators.foundations_models import _normalize_github_download_url
-
-    try:
-        req = urllib.request.Request(_normalize_github_download_url(url), method="HEAD")
-        with urllib.request.urlopen(req, timeout=timeout):
-            return None
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code} {exc.reason}"
-    except Exception as exc:  # URLError, timeout, DNS failure, ...
-        reason = getattr(exc, "reason", None) or exc
-        return f"{type(exc).__name__}: {reason}"
-
-
 def _download(name: str, timeout: float) -> str:
     """The cached file of a named model, downloaded by mace-torch if needed (fails fast offline)."""
+    from mace.calculators.foundations_models import _normalize_github_download_url
+
     family, key = MODEL_NAMES[name]
-    url = _url(family, key)
+    url = _normalize_github_download_url(_url(family, key))
     cached = mace_cache_path(name)
     if family == "mp" and key == "medium-mpa-0":
         from mace.calculators.foundations_models import local_model_path
@@ -439,36 +361,47 @@ def _download(name: str, timeout: float) -> str:
         if os.path.isfile(local_model_path):  # mace_mp's own shortcut: a copy inside the package
             return local_model_path
     if not os.path.isfile(cached):
-        why = _reachable(url, timeout)
-        if why is not None:
-            raise RuntimeError(
-                f"cannot download MACE model {name!r} from {url} ({why}); it is not in mace-torch's cache "
-                f"({cached}). Offline: get the file elsewhere and pass its path, e.g. "
-                f"load_model('/path/to/{os.path.basename(url)}') (family detected), or copy it to {cached}")
+        require_download(url, f"MACE model {name!r}", timeout=timeout, local_hint=(
+            f"it is not in mace-torch's cache ({cached}). Offline: get the file elsewhere and pass its path, e.g. "
+            f"load_model('/path/to/{os.path.basename(url)}') (family detected), or copy it to {cached}"))
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # mace prints progress and license notes
-            if family == "mp":
-                from mace.calculators.foundations_models import download_mace_mp_checkpoint
-
-                # Returns the cached file at once when present (no network), else downloads it.
-                path = download_mace_mp_checkpoint(key)
-            elif os.path.isfile(cached):
-                path = cached
-            else:
-                from mace.calculators.foundations_models import mace_off
-
-                # mace_off has no download-only entry point: it downloads into its cache and loads
-                # the file (thrown away here; the legacy context lets that load succeed).
-                with e3nn_legacy_unpickling(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    mace_off(key, device="cpu", return_raw_model=True)
-                path = cached
+        path = _fetch(family, key, cached)
     except Exception as exc:
         raise RuntimeError(f"downloading MACE model {name!r} from {url} failed ({type(exc).__name__}: {exc}); "
                            f"pass a local file instead, e.g. load_model('/path/to/{os.path.basename(url)}')") from exc
     if not os.path.isfile(path):
         raise RuntimeError(f"mace-torch reported {path} for MACE model {name!r}, but there is no such file")
     return str(path)
+
+
+def _fetch(family: str, key: str, cached: str) -> str:
+    """mace-torch's own download into its cache (the file at once when it is there)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # mace prints progress and license notes
+        if family == "mp":
+            from mace.calculators.foundations_models import download_mace_mp_checkpoint
+
+            return download_mace_mp_checkpoint(key)  # the cached file at once when present (no network)
+        if os.path.isfile(cached):
+            return cached
+        from mace.calculators.foundations_models import mace_off
+
+        # mace_off has no download-only entry point: it downloads into its cache and loads the
+        # file (thrown away here; the legacy context lets that load succeed).
+        with e3nn_legacy_unpickling(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mace_off(key, device="cpu", return_raw_model=True)
+        return cached
+
+
+def _module_for(name_or_path, download_timeout: float):
+    """``(MACE module on the CPU, label)`` for a named model or a ``.model`` file."""
+    name = os.fspath(name_or_path)
+    key = name.strip().lower()
+    if key in MODEL_NAMES:
+        return load_mace_module(_download(key, download_timeout), device="cpu"), key
+    if os.path.isfile(name):
+        return load_mace_module(name, device="cpu"), f"mace:{os.path.basename(name)}"
+    raise ValueError(f"unknown MACE model {name!r} (and no such file); known: {', '.join(MODEL_NAMES)}")
 
 
 def load(name_or_path, *, device=None, dtype=None, head: str | None = None, download_timeout: float = 10.0,
@@ -482,7 +415,7 @@ def load(name_or_path, *, device=None, dtype=None, head: str | None = None, down
         "mace-off23-medium", ...; case insensitive), fetched through mace-torch's own download and
         cache, or the path of a MACE ``.model`` file (see :func:`load_mace_module`).
     device:
-        Torch device; default CUDA when available, else CPU.
+        Torch device; default: JAX's platform (:func:`bridges.torch_bridge.resolve_device`).
     dtype:
         ``float32`` (default) or ``float64``; the model is converted.
     head:
@@ -492,34 +425,17 @@ def load(name_or_path, *, device=None, dtype=None, head: str | None = None, down
     """
     if kw:
         raise TypeError(f"unexpected arguments for a MACE model: {', '.join(kw)}")
-    tdt = _as_torch_dtype(dtype)
+    tdt = torch_float_dtype(dtype, "MACE", default=torch.float32)
     dev = resolve_device(device)
-    name = os.fspath(name_or_path)
-    key = name.strip().lower()
-    if key in MODEL_NAMES:
-        path = _download(key, download_timeout)
-        label = key
-    elif os.path.isfile(name):
-        path = name
-        label = f"mace:{os.path.basename(name)}"
-    else:
-        raise ValueError(f"unknown MACE model {name!r} (and no such file); known: {', '.join(MODEL_NAMES)}")
-    model = load_mace_module(path, device="cpu")
-    model = model.to(device=dev, dtype=tdt)
-    return MACEEFS(model, head=head, name=label)
+    model, label = _module_for(name_or_path, download_timeout)
+    return MACEEFS(model.to(device=dev, dtype=tdt), head=head, name=label)
 
 
 # ----------------------------------------------------------------------------- calculator swap
 
 
-def efs_from_calculator(calc):
-    """:class:`MACEEFS` on a ``mace.calculators.MACECalculator``'s own loaded model, or None.
-
-    Only a plain single-model energy calculator (``model_type="MACE"``, one model, eV and
-    Angstrom units, no ``torch.compile``), in the model's own dtype and device and with the
-    calculator's head. Anything else (committees, dipole models, compiled models, a
-    ``SumCalculator`` with D3) returns None: jaxpto.md then calls the calculator itself.
-    """
+def _own_model_and_head(calc):
+    """``(model, head)`` of a plain single-model ``MACECalculator`` (exact class), or None."""
     try:
         from mace.calculators import MACECalculator
     except ImportError:
@@ -537,5 +453,41 @@ def efs_from_calculator(calc):
     except (TypeError, NotImplementedError):
         return None
     heads = list(getattr(calc, "available_heads", None) or getattr(model, "heads", None) or ["Default"])
-    head = calc.head if calc.head in heads else heads[-1]  # MACE's AtomicData: unknown head -> last
-    return MACEEFS(model, head=head, name="MACECalculator.models[0]")
+    return model, (calc.head if calc.head in heads else heads[-1])  # MACE's AtomicData: unknown head -> last
+
+
+def efs_from_calculator(calc) -> MACEEFS | None:
+    """:class:`MACEEFS` on a ``mace.calculators.MACECalculator``'s own loaded model, or None.
+
+    Only a plain single-model energy calculator (``model_type="MACE"``, one model, eV and
+    Angstrom units, no ``torch.compile``), in the model's own dtype and device and with the
+    calculator's head. Anything else (committees, dipole models, compiled models, a
+    ``SumCalculator`` with D3) returns None: jaxpto.md then calls the calculator itself.
+    """
+    own = _own_model_and_head(calc)
+    return None if own is None else MACEEFS(own[0], head=own[1], name="MACECalculator.models[0]")
+
+
+def model_identity(calc):
+    """What makes two MACE calculators compute the same thing: the model object and the head."""
+    own = _own_model_and_head(calc)
+    if own is None:
+        return None
+    from bridges.resolver import Same
+
+    return Same(own[0]), own[1]
+
+
+def ase_calculator(name_or_path, *, device=None, dtype="float32", head: str | None = None,
+                   download_timeout: float = 10.0):
+    """mace-torch's own ``MACECalculator`` on the same module :func:`load` would run (a named
+    model or a ``.model`` file; files pickled by older e3nn are rebuilt as in :func:`load_mace_module`)."""
+    from mace.calculators import MACECalculator
+
+    tdt = torch_float_dtype(dtype, "MACE", default=torch.float32)
+    model, _ = _module_for(name_or_path, download_timeout)
+    kw = {} if head is None else {"head": head}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return MACECalculator(models=[model.to(tdt)], device=str(resolve_device(device)),
+                              default_dtype=str(tdt).removeprefix("torch."), **kw)

@@ -11,7 +11,8 @@ Contract (torch side, all tensors on ``efs.device``)::
         edge_mask [R,E] bool) -> (energy [R] eV, forces [R,N,3] eV/A, stress [R,3,3] eV/A^3)
 
 with the pair vector ``d = pos[dst] - pos[src] + shift @ cell[r]`` (ASE's ``ijS``), a full list
-(both directions), padded (``edge_mask``).
+(both directions) cut at the model's cutoff by the bridge, padded (``edge_mask``), flattened into one
+graph by :func:`bridges.graph.batched_edges`.
 
 What matgl's own ASE calculator (``matgl.ext.ase.PESCalculator``: pymatgen neighbour list on the
 host, fractional coordinates, one ``Data`` per structure, and for M3GNet the three-body line graph
@@ -50,73 +51,52 @@ old message-passing direction, so their energies are wrong there: use the Huggin
 Weights: matgl 4 downloads pretrained models from the Hugging Face Hub (``materialyze`` org) into
 ``~/.cache/matgl``. :func:`load` looks in that cache first without any network access; when the
 files are absent and the Hub is unreachable (or ``HF_HUB_OFFLINE`` is set) it raises
-:class:`ModelUnavailableError` within seconds instead of waiting on huggingface_hub's retries.
+:class:`ModelUnavailableError` within seconds (:func:`bridges._download.require_download`) instead
+of waiting on huggingface_hub's retries.
 
-This module imports neither JAX nor ``bridges.torch_bridge``; matgl itself is imported lazily.
+This module owns matgl's graphs (:func:`build_graph`, :func:`three_body_graph`), :class:`MatglEFS`,
+:func:`load`, :func:`efs_from_calculator`, :func:`model_identity` and :func:`ase_calculator`; matgl
+itself is imported lazily.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from bridges._download import ModelUnavailableError, require_download, unavailable
+from bridges.graph import ElementIndex, batched_edges, edge_pairs, image_displacements, node_replica
+from bridges.registry import family_names
+from bridges.torch_bridge import resolve_device, torch_float_dtype
+
 __all__ = ["MODEL_NAMES", "MatglEFS", "ModelUnavailableError", "build_graph", "efs_from_calculator",
-           "load", "looks_like", "three_body_graph"]
+           "load", "looks_like", "three_body_graph", "model_identity", "ase_calculator"]
 
 # jaxpto name (lower case) -> matgl / Hugging Face name (``materialyze/<name>``).
-MODEL_NAMES = {
-    "m3gnet-mp-2021.2.8-pes": "M3GNet-MP-2021.2.8-PES",
-    "m3gnet-pes-matpes-pbe-2025.2": "M3GNet-PES-MatPES-PBE-2025.2",
-    "m3gnet-pes-matpes-r2scan-2025.2": "M3GNet-PES-MatPES-r2SCAN-2025.2",
-    "tensornet-pes-matpes-pbe-2025.2": "TensorNet-PES-MatPES-PBE-2025.2",
-    "tensornet-pes-matpes-r2scan-2025.2": "TensorNet-PES-MatPES-r2SCAN-2025.2",
-}
-_DESCRIPTIONS = {
-    "m3gnet-mp-2021.2.8-pes": "M3GNet-MP-2021.2.8-PES (matgl, Hugging Face materialyze/; downloaded by matgl)",
-    "m3gnet-pes-matpes-pbe-2025.2": "M3GNet trained on MatPES-PBE 2025.2 (matgl; downloaded by matgl)",
-    "m3gnet-pes-matpes-r2scan-2025.2": "M3GNet trained on MatPES-r2SCAN 2025.2 (matgl; downloaded by matgl)",
-    "tensornet-pes-matpes-pbe-2025.2": "TensorNet trained on MatPES-PBE 2025.2 (matgl; downloaded by matgl)",
-    "tensornet-pes-matpes-r2scan-2025.2": "TensorNet trained on MatPES-r2SCAN 2025.2 (matgl; downloaded by matgl)",
-}
+MODEL_NAMES = family_names("matgl")
 _MODEL_FILES = ("model.pt", "state.pt", "model.json")
 _SUPPORTED_MODELS = ("M3GNet", "TensorNet")
-
-
-class ModelUnavailableError(RuntimeError):
-    """Pretrained weights are neither in the local cache nor downloadable right now."""
 
 
 # ----------------------------------------------------------------------------- graphs
 
 
 @torch.no_grad()
-def build_graph(positions, cell, edge_src, edge_dst, edge_shift, edge_mask, *, cutoff: float):
-    """The batched atom graph of ``R`` replicas from the engine's padded full edge list.
+def build_graph(positions, cell, edge_src, edge_dst, edge_shift, edge_mask):
+    """The batched atom graph of ``R`` replicas from the bridge's padded full edge list.
 
     Returns ``(src, dst, replica, shift)``: ``src``/``dst`` [D] global node ids (``r*N + i``),
     ``replica`` [D] and ``shift`` [D,3] (image offsets ``S``, the float dtype of ``positions``) of
-    the real pairs with ``0 < |d| < cutoff`` (pairs further apart, from the engine's skin, are
-    dropped; a zero vector would be the atom itself). Edge order follows the engine's list.
+    the real pairs (already cut at the model's cutoff by the bridge). Edge order follows the
+    engine's list.
     """
-    R, N = positions.shape[0], positions.shape[1]
-    E = edge_src.shape[1]
-    dev, fdt = positions.device, positions.dtype
-    mask = edge_mask.to(device=dev, dtype=torch.bool)
-    rep = torch.arange(R, device=dev, dtype=torch.int64)[:, None].expand(R, E)
-    src = edge_src.to(device=dev, dtype=torch.int64)[mask]
-    dst = edge_dst.to(device=dev, dtype=torch.int64)[mask]
-    rep = rep[mask]
-    shift = edge_shift.to(device=dev, dtype=fdt)[mask]
-    cell = cell.to(device=dev, dtype=fdt)
-    vec = positions[rep, dst] - positions[rep, src] + torch.einsum("ek,ekl->el", shift, cell[rep])
-    d2 = (vec * vec).sum(-1)
-    keep = (d2 > 1e-16) & (d2 < cutoff * cutoff)
-    return src[keep] + rep[keep] * N, dst[keep] + rep[keep] * N, rep[keep], shift[keep]
+    edges = batched_edges(edge_src, edge_dst, edge_shift, edge_mask, positions.shape[1], device=positions.device,
+                          dtype=positions.dtype)
+    return edges.src, edges.dst, edges.replica, edges.shift
 
 
 @torch.no_grad()
@@ -125,33 +105,16 @@ def three_body_graph(edge_src: torch.Tensor, bond_dist: torch.Tensor, n_nodes: i
 
     Returns matgl's bundle: ``kept_edge_ids`` (ascending ids of the bonds with
     ``bond_dist <= threebody_cutoff``), ``line_edge_index`` [2,T] (every ordered pair of distinct
-    kept bonds ``(i->j, i->k)`` sharing the centre ``i``, as parent-graph bond ids) and
-    ``n_triple_ij`` [D] (number of triples each bond receives; 0 beyond the cutoff). Pairs are
-    enumerated by sorting the kept bonds by centre: no Python loop over atoms, everything stays
-    on ``edge_src.device``.
+    kept bonds ``(i->j, i->k)`` sharing the centre ``i``, as parent-graph bond ids,
+    :func:`bridges.graph.edge_pairs`) and ``n_triple_ij`` [D] (number of triples each bond
+    receives; 0 beyond the cutoff).
     """
-    dev = edge_src.device
-    D = int(edge_src.shape[0])
     kept = torch.nonzero(bond_dist <= threebody_cutoff, as_tuple=True)[0]
-    n_triple = torch.zeros(D, dtype=torch.int64, device=dev)
-    if kept.numel() == 0:
-        empty = torch.zeros((2, 0), dtype=torch.int64, device=dev)
-        return {"kept_edge_ids": kept, "line_edge_index": empty, "n_triple_ij": n_triple}
-    centre = edge_src[kept]
-    order = torch.argsort(centre, stable=True)
-    cand = kept[order]                 # kept bonds grouped by centre atom
-    centre = centre[order]
-    counts = torch.bincount(centre, minlength=n_nodes)
-    start = torch.cumsum(counts, 0) - counts
-    reps = counts[centre]              # partners of each bond, itself included
-    total = int(reps.sum())
-    first = torch.repeat_interleave(torch.arange(cand.numel(), device=dev), reps, output_size=total)
-    k = torch.arange(total, device=dev) - (torch.cumsum(reps, 0) - reps)[first]
-    second = start[centre[first]] + k
-    ok = first != second
-    line = torch.stack([cand[first[ok]], cand[second[ok]]])
-    n_triple[cand] = reps - 1
-    return {"kept_edge_ids": kept, "line_edge_index": line, "n_triple_ij": n_triple}
+    first, second = edge_pairs(edge_src, kept, n_nodes)
+    n_triple = torch.zeros(int(edge_src.shape[0]), dtype=torch.int64, device=edge_src.device)
+    if kept.numel():
+        n_triple[kept] = torch.bincount(edge_src[kept], minlength=n_nodes)[edge_src[kept]] - 1
+    return {"kept_edge_ids": kept, "line_edge_index": torch.stack([first, second]), "n_triple_ij": n_triple}
 
 
 # ----------------------------------------------------------------------------- the EFS object
@@ -215,7 +178,7 @@ class MatglEFS:
     name:
         Label (``Model.name``).
     device:
-        Torch device; default CUDA when available.
+        Torch device; default: JAX's platform (:func:`bridges.torch_bridge.resolve_device`).
     dtype:
         ``torch.float32`` (default, matgl's training precision) or ``torch.float64``.
     stress_scale:
@@ -227,12 +190,9 @@ class MatglEFS:
 
         _check_matgl_version()
         _check_supported(potential)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = _as_torch_dtype(dtype)
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.potential = potential.to(device=self.device, dtype=dtype).eval()
+        self.device = resolve_device(device)
+        self.dtype = torch_float_dtype(dtype, "matgl", default=torch.float32)
+        self.potential = potential.to(device=self.device, dtype=self.dtype).eval()
         for p in self.potential.parameters():
             p.requires_grad_(False)
         self.model = _inner_model(self.potential)
@@ -242,77 +202,64 @@ class MatglEFS:
         tb = getattr(self.model, "threebody_cutoff", None)
         self.threebody_cutoff = None if tb is None or type(self.model).__name__ != "M3GNet" else float(tb)
         self.element_types = tuple(self.model.element_types)
-        zs = [atomic_numbers[s] for s in self.element_types]
-        self.elements = frozenset(zs)
-        # atomic number -> index into element_types (the model's node types); -1 = not covered
-        self._z_to_type = torch.full((max(zs) + 1,), -1, dtype=torch.int64, device=self.device)
-        self._z_to_type[torch.tensor(zs, device=self.device)] = torch.arange(len(zs), device=self.device)
+        # atomic number -> index into element_types (the model's node types)
+        self.node_types = ElementIndex({atomic_numbers[s]: k for k, s in enumerate(self.element_types)},
+                                       name=name, device=self.device)
+        self.elements = self.node_types.elements
 
     def __repr__(self) -> str:
         return (f"MatglEFS(name={self.name!r}, model={type(self.model).__name__}, device={self.device}, "
                 f"dtype={self.dtype})")
 
-    def node_types(self, numbers: torch.Tensor) -> torch.Tensor:
-        """Atomic numbers -> the model's node types; ``ValueError`` for elements it does not cover."""
-        numbers = numbers.to(device=self.device, dtype=torch.int64)
-        table = self._z_to_type
-        inside = (numbers >= 0) & (numbers < table.shape[0])
-        types = torch.where(inside, table[numbers.clamp(0, table.shape[0] - 1)], -1)
-        if bool((types < 0).any()):
-            bad = sorted({int(z) for z, t in zip(numbers.tolist(), types.tolist()) if t < 0})
-            raise ValueError(f"{self.name} does not cover atomic numbers {bad} (its elements: "
-                             f"{' '.join(self.element_types)})")
-        return types
-
-    def __call__(self, positions, cell, numbers, edge_src, edge_dst, edge_shift, edge_mask):
+    def _graph(self, types, pos_s, lattice, edges):
+        """matgl's graph (and M3GNet's line graph) on the strained positions [R*N,3] and cells [R,3,3]."""
         from matgl.graph._compute import compute_pair_vector_and_distance
 
+        R, n_nodes = lattice.shape[0], pos_s.shape[0]
+        src, dst, rep, shift = edges
+        edge_index = torch.stack([src, dst])
+        shift = shift.to(self.dtype)
+        offshift = torch.einsum("ek,ekl->el", shift, lattice[rep])  # S @ h'
+        g = SimpleNamespace(node_type=types.repeat(R), pos=pos_s, edge_index=edge_index, pbc_offset=shift,
+                            pbc_offshift=offshift, batch=node_replica(R, n_nodes // R, self.device), num_graphs=R,
+                            num_nodes=n_nodes)
+        if self.threebody_cutoff is None:
+            return g, None
+        # The same function on the same tensors as inside M3GNet.forward: bit-identical lengths,
+        # so the topology passes the model's own cutoff-membership check.
+        _, bond_dist = compute_pair_vector_and_distance(pos_s.detach(), edge_index, offshift.detach())
+        return g, three_body_graph(src, bond_dist, n_nodes, self.threebody_cutoff)
+
+    def __call__(self, positions, cell, numbers, edge_src, edge_dst, edge_shift, edge_mask):
         dev, dt = self.device, self.dtype
         positions = torch.as_tensor(positions, device=dev)
         cell = torch.as_tensor(cell, device=dev).to(positions.dtype)
         R, N = positions.shape[0], positions.shape[1]
         types = self.node_types(torch.as_tensor(numbers))
-        src, dst, rep, shift = build_graph(positions, cell, torch.as_tensor(edge_src), torch.as_tensor(edge_dst),
-                                           torch.as_tensor(edge_shift), torch.as_tensor(edge_mask), cutoff=self.cutoff)
-        edge_index = torch.stack([src, dst])
-        batch = torch.arange(R, device=dev, dtype=torch.int64).repeat_interleave(N)
+        edges = build_graph(positions, cell, torch.as_tensor(edge_src), torch.as_tensor(edge_dst),
+                            torch.as_tensor(edge_shift), torch.as_tensor(edge_mask))
         volume = torch.abs(torch.linalg.det(cell.detach().to(torch.float64)))
         with torch.inference_mode(False), torch.enable_grad():
+            # E = data_std * model(g) + data_mean + sum_i ref[type_i], as Potential.forward; positions
+            # r (I + eps), cell h (I + eps): forces and strain derivative from one grad call.
             pos = positions.detach().to(dt).clone().requires_grad_(True)  # [R,N,3]
             strain = torch.zeros((R, 3, 3), device=dev, dtype=dt, requires_grad=True)
             deform = torch.eye(3, device=dev, dtype=dt) + strain
-            pos_s = torch.bmm(pos, deform).reshape(R * N, 3)
-            lattice = torch.bmm(cell.detach().to(dt), deform)  # [R,3,3]
-            shift_dt = shift.to(dt)
-            offshift = torch.einsum("ek,ekl->el", shift_dt, lattice[rep])  # S @ h'
-            g = SimpleNamespace(node_type=types.repeat(R), pos=pos_s, edge_index=edge_index, pbc_offset=shift_dt,
-                                pbc_offshift=offshift, batch=batch, num_graphs=R, num_nodes=R * N)
-            l_g = None
-            if self.threebody_cutoff is not None:
-                # The same function on the same tensors as inside M3GNet.forward: bit-identical
-                # lengths, so the topology passes the model's own cutoff-membership check.
-                _, bond_dist = compute_pair_vector_and_distance(pos_s.detach(), edge_index, offshift.detach())
-                l_g = three_body_graph(src, bond_dist, R * N, self.threebody_cutoff)
+            g, l_g = self._graph(types, torch.bmm(pos, deform).reshape(R * N, 3),
+                                 torch.bmm(cell.detach().to(dt), deform), edges)
             out = self.potential.model(g=g, state_attr=None, l_g=l_g)
             energy = self.potential.data_std * out.reshape(R) + self.potential.data_mean
             if self.potential.element_refs is not None:
                 energy = energy + self.potential.element_refs(g).reshape(R)
             dE_dr, dE_deps = torch.autograd.grad(energy.sum(), [pos, strain])
-        forces = -dE_dr
         vol = volume.to(dt)[:, None, None]
         stress = 0.5 * (dE_deps + dE_deps.transpose(1, 2)) / torch.where(vol > 1e-3, vol, torch.ones_like(vol))
         # No cell (molecule): no stress, as the engine's own models report.
         stress = torch.where(vol > 1e-3, stress * self.stress_scale, torch.zeros_like(stress))
-        return energy.detach(), forces.detach(), stress.detach()
+        return energy.detach(), -dE_dr.detach(), stress.detach()
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def _as_torch_dtype(dtype) -> torch.dtype:
-    from bridges.torch_bridge import model_float_dtype
-
-    return model_float_dtype(dtype, "matgl")
 
 
 def _model_dir(path) -> Path | None:
@@ -340,37 +287,18 @@ def looks_like(path) -> bool:
         return False
 
 
-def _hub_reachable(timeout: float) -> tuple[bool, str]:
-    """Can a TCP connection to the Hugging Face endpoint be opened within ``timeout`` seconds?
+def _require_hub(matgl_name: str, repo_id: str, timeout: float) -> None:
+    """Return if the Hugging Face endpoint answers within ``timeout`` s, else a clear error at once."""
+    from matgl.config import MATGL_CACHE
 
-    Name resolution is not covered by socket timeouts (a stuck resolver can block for tens of
-    seconds), so the probe runs in a daemon thread that is abandoned after ``timeout``.
-    """
-    import threading
-    from urllib.parse import urlparse
-
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    what = f"matgl model {matgl_name!r} (Hugging Face repo {repo_id})"
+    hint = (f"it is not in the local cache ({MATGL_CACHE}). On a machine with network run "
+            f"`python -c \"import matgl; matgl.load_model('{matgl_name}')\"` and copy {MATGL_CACHE}, or save the "
+            "model with Potential.save(<dir>) and pass that directory to load_model")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False, "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True, "through a proxy (not probed)"
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    result: list = []
-
-    def probe():
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append("")
-        except OSError as exc:
-            result.append(f"{host}:{port} unreachable ({exc})")
-
-    worker = threading.Thread(target=probe, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if not result:
-        return False, f"{host}:{port} unreachable (no answer within {timeout:g} s)"
-    return (result[0] == ""), result[0]
+        raise unavailable(what, endpoint, "HF_HUB_OFFLINE is set", hint)
+    require_download(endpoint + "/", what, hint, timeout=timeout)
 
 
 def _cached_files(repo_id: str) -> dict | None:
@@ -394,15 +322,7 @@ def _load_pretrained(matgl_name: str, timeout: float):
     cached = _cached_files(repo_id)
     if cached is not None:
         return matgl.load_model(cached["model.json"].parent)
-    ok, why = _hub_reachable(timeout)
-    if not ok:
-        from matgl.config import MATGL_CACHE
-
-        raise ModelUnavailableError(
-            f"matgl model {matgl_name!r} is not in the local cache ({MATGL_CACHE}) and cannot be downloaded from "
-            f"the Hugging Face Hub ({repo_id}): {why}. On a machine with network run "
-            f"`python -c \"import matgl; matgl.load_model('{matgl_name}')\"` and copy {MATGL_CACHE}, or save the "
-            "model with Potential.save(<dir>) and pass that directory to load_model")
+    _require_hub(matgl_name, repo_id, timeout)
     try:
         return matgl.load_model(matgl_name)
     except Exception as exc:  # matgl wraps everything in ValueError/RuntimeError
@@ -410,6 +330,23 @@ def _load_pretrained(matgl_name: str, timeout: float):
             f"matgl could not load {matgl_name!r} from the Hugging Face Hub ({repo_id}): {exc}. matgl >= 3 "
             "re-released its potentials there (the pre-3.0 files are not valid any more); jaxpto's matgl names: "
             f"{', '.join(MODEL_NAMES)}") from exc
+
+
+def _potential_for(name_or_path, download_timeout: float):
+    """``(matgl Potential, label)`` for a name, a Hugging Face repo id or a ``Potential.save`` directory."""
+    import matgl
+
+    name = os.fspath(name_or_path)
+    key = name.strip().lower()
+    local = _model_dir(name)
+    if local is not None:
+        return matgl.load_model(local), f"matgl:{local.name}"
+    if key in MODEL_NAMES:
+        return _load_pretrained(MODEL_NAMES[key], download_timeout), key
+    if os.path.exists(name):
+        raise ValueError(f"{name!r} is not a matgl model directory (model.json, model.pt and state.pt, as written "
+                         "by Potential.save)")
+    return _load_pretrained(name.strip(), download_timeout), f"matgl:{name.strip()}"
 
 
 def load(name_or_path, *, device=None, dtype=None, download_timeout: float = 5.0, **kw) -> MatglEFS:
@@ -421,45 +358,20 @@ def load(name_or_path, *, device=None, dtype=None, download_timeout: float = 5.0
     ``Potential.save`` (its directory, or its ``model.json``/``model.pt``/``state.pt``).
     Names are resolved through matgl's own Hugging Face cache first (no network), then by
     matgl's download; an unreachable Hub fails within ``download_timeout`` seconds
-    (:class:`ModelUnavailableError`). ``device``: torch device (default CUDA when available);
+    (:class:`ModelUnavailableError`). ``device``: torch device (default: JAX's platform);
     ``dtype``: float32 (default) or float64.
     """
     if kw:
         raise TypeError(f"unexpected keyword arguments for the matgl loader: {', '.join(kw)}")
-    import matgl
-
-    torch_dtype = _as_torch_dtype(dtype)
-    name = os.fspath(name_or_path)
-    key = name.strip().lower()
-    local = _model_dir(name)
-    if local is not None:
-        potential = matgl.load_model(local)
-        label = f"matgl:{local.name}"
-    elif key in MODEL_NAMES:
-        potential = _load_pretrained(MODEL_NAMES[key], download_timeout)
-        label = key
-    elif os.path.exists(name):
-        raise ValueError(f"{name!r} is not a matgl model directory (model.json, model.pt and state.pt, as written "
-                         "by Potential.save)")
-    else:
-        potential = _load_pretrained(name.strip(), download_timeout)
-        label = f"matgl:{name.strip()}"
+    torch_dtype = torch_float_dtype(dtype, "matgl", default=torch.float32)
+    potential, label = _potential_for(name_or_path, download_timeout)
     return MatglEFS(potential, name=label, device=device, dtype=torch_dtype)
 
 
-def efs_from_calculator(calc):
-    """A :class:`MatglEFS` on the potential of matgl's ASE calculator, or None.
-
-    Only ``matgl.ext.ase.PESCalculator`` and its alias class ``M3GNetCalculator`` exactly (a
-    subclass may compute something else), without a custom ``state_attr``/charges, around a
-    supported potential. The EFS reuses ``calc.potential`` (the same object, on its current
-    device and dtype) and reproduces the calculator's stress unit: ``PESCalculator`` defaults to
-    ``stress_unit="GPa"``, and then the engine's stress is in GPa exactly as ASE would see it
-    (pass ``stress_unit="eV/A3"`` for ASE units, which NPT needs).
-    """
+def _own_potential(calc):
+    """The supported potential of a ``PESCalculator``/``M3GNetCalculator`` (exact classes), or None."""
     try:
         from matgl.ext.ase import M3GNetCalculator, PESCalculator
-        from matgl.utils.constants import EV_PER_ANG3_TO_GPA
     except ImportError:
         return None
     if type(calc) not in (PESCalculator, M3GNetCalculator):
@@ -469,29 +381,53 @@ def efs_from_calculator(calc):
     potential = getattr(calc, "potential", None)
     try:
         _check_supported(potential)
-        param = next(iter(potential.parameters()), None)
-        buf = potential.data_mean
-        device = (param if param is not None else buf).device
-        dtype = (param if param is not None else buf).dtype
-        if dtype not in (torch.float32, torch.float64):
-            return None
-        scale = EV_PER_ANG3_TO_GPA * float(getattr(calc, "conversion_factor", 1.0))
-        kind = type(_inner_model(potential)).__name__
-        return MatglEFS(potential, name=f"{type(calc).__name__}.potential[{kind}]", device=device, dtype=dtype,
-                        stress_scale=scale)
     except (TypeError, NotImplementedError):
         return None
+    return potential
 
 
-def _register_names() -> None:
-    """Make the extra pretrained names loadable by name through ``bridges.registry``."""
-    try:
-        from bridges import registry
-    except ImportError:  # pragma: no cover
-        return
-    for name, desc in _DESCRIPTIONS.items():
-        if name not in registry.KNOWN_MODELS:
-            registry.register(name, "matgl", desc)
+def efs_from_calculator(calc) -> MatglEFS | None:
+    """A :class:`MatglEFS` on the potential of matgl's ASE calculator, or None.
+
+    Only ``matgl.ext.ase.PESCalculator`` and its alias class ``M3GNetCalculator`` exactly (a
+    subclass may compute something else), without a custom ``state_attr``/charges, around a
+    supported potential. The EFS reuses ``calc.potential`` (the same object, on its current
+    device and dtype) and reproduces the calculator's stress unit: ``PESCalculator`` defaults to
+    ``stress_unit="GPa"``, and then the engine's stress is in GPa exactly as ASE would see it
+    (pass ``stress_unit="eV/A3"`` for ASE units, which NPT needs).
+    """
+    from matgl.utils.constants import EV_PER_ANG3_TO_GPA
+
+    potential = _own_potential(calc)
+    if potential is None:
+        return None
+    param = next(iter(potential.parameters()), None)
+    ref = param if param is not None else potential.data_mean
+    if ref.dtype not in (torch.float32, torch.float64):
+        return None
+    scale = EV_PER_ANG3_TO_GPA * float(getattr(calc, "conversion_factor", 1.0))
+    kind = type(_inner_model(potential)).__name__
+    return MatglEFS(potential, name=f"{type(calc).__name__}.potential[{kind}]", device=ref.device, dtype=ref.dtype,
+                    stress_scale=scale)
 
 
-_register_names()
+def model_identity(calc):
+    """What makes two matgl calculators compute the same thing: the potential object and the stress unit."""
+    potential = _own_potential(calc)
+    if potential is None:
+        return None
+    from bridges.resolver import Same
+
+    return Same(potential), float(getattr(calc, "conversion_factor", 1.0))
+
+
+def ase_calculator(name_or_path, *, device=None, download_timeout: float = 5.0):
+    """matgl's own ``PESCalculator`` (stress in eV/A^3, as ASE's NPT needs) on the same potential."""
+    import warnings
+
+    from matgl.ext.ase import PESCalculator
+
+    potential, _ = _potential_for(name_or_path, download_timeout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PESCalculator(potential.to(resolve_device(device)), stress_unit="eV/A3")

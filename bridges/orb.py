@@ -75,7 +75,8 @@ return the energy in float64; the graph semantics (radius, nearest-first cap per
 convention) and ``predict``'s output names are unchanged. Those differences are handled here;
 0.6+'s ``D3SumModel`` (a model summed with a separately built D3 graph) is not supported.
 
-This module imports neither JAX nor ``bridges.torch_bridge``.
+This module owns ORB's graph (:func:`build_graph`: wrapping, radius, nearest-first cap), :class:`ORBEFS`,
+:func:`load`, :func:`efs_from_calculator`, :func:`model_identity` and :func:`ase_calculator`.
 """
 
 from __future__ import annotations
@@ -89,44 +90,21 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["MODEL_NAMES", "ORBEFS", "OrbGraph", "build_graph", "load", "looks_like", "efs_from_calculator"]
+from bridges._download import require_download
+from bridges.graph import batched_edges
+from bridges.registry import family_names
+from bridges.torch_bridge import resolve_device, torch_float_dtype
 
-# jaxpto names (ORB's own, ``orb_models.forcefield.pretrained.ORB_PRETRAINED_MODELS``) -> description.
-# The deprecated v1 names and the "separate-d3/d4" dispersion-only models are left out (ORB's
-# ``load`` still accepts any name of its table).
-MODEL_NAMES: dict[str, str] = {
-    "orb-v2": "ORB v2, direct forces/stress, 20 neighbours, MPtrj+Alexandria (downloaded by orb-models)",
-    "orb-d3-v2": "ORB v2 trained on D3-corrected data, direct, 20 neighbours",
-    "orb-d3-sm-v2": "ORB v2 small (10 layers), D3-corrected data, direct",
-    "orb-d3-xs-v2": "ORB v2 extra small (5 layers), D3-corrected data, direct",
-    "orb-mptraj-only-v2": "ORB v2 trained on MPtrj only, direct",
-    "orb-v3-conservative-inf-omat": "ORB v3 conservative (autograd forces/stress), 120 neighbours, OMat24",
-    "orb-v3-conservative-20-omat": "ORB v3 conservative, 20 neighbours, OMat24",
-    "orb-v3-direct-inf-omat": "ORB v3 direct, 120 neighbours, OMat24",
-    "orb-v3-direct-20-omat": "ORB v3 direct, 20 neighbours, OMat24",
-    "orb-v3-conservative-inf-mpa": "ORB v3 conservative, 120 neighbours, MPtrj+Alexandria",
-    "orb-v3-conservative-20-mpa": "ORB v3 conservative, 20 neighbours, MPtrj+Alexandria",
-    "orb-v3-direct-inf-mpa": "ORB v3 direct, 120 neighbours, MPtrj+Alexandria",
-    "orb-v3-direct-20-mpa": "ORB v3 direct, 20 neighbours, MPtrj+Alexandria",
-    "orb-v3-conservative-omol": "ORB v3 conservative, OMol25 molecules (needs charge=, spin=; no stress)",
-    "orb-v3-direct-omol": "ORB v3 direct, OMol25 molecules (needs charge=, spin=; no stress)",
-}
+__all__ = ["MODEL_NAMES", "ORBEFS", "OrbGraph", "build_graph", "load", "looks_like", "efs_from_calculator",
+           "model_identity", "ase_calculator"]
+
+# jaxpto names = ORB's own (``orb_models.forcefield.pretrained.ORB_PRETRAINED_MODELS``). The deprecated
+# v1 names and the "separate-d3/d4" dispersion-only models are not listed (ORB's ``load`` still
+# accepts any name of its table).
+MODEL_NAMES: dict[str, str] = family_names("orb")
 
 # ORB's atom embedding and one-hot features have 118 classes indexed by Z: Z = 1 ... 117.
 ORB_ELEMENTS = frozenset(range(1, 118))
-
-
-def _register_names() -> None:
-    try:
-        from bridges import registry
-    except ImportError:  # pragma: no cover - bridges is part of jaxpto
-        return
-    for name, description in MODEL_NAMES.items():
-        if name not in registry.KNOWN_MODELS:
-            registry.register(name, "orb", description)
-
-
-_register_names()
 
 
 # ----------------------------------------------------------------------------- orb-models API (0.5 / 0.6+)
@@ -214,18 +192,8 @@ def _wrap(positions: torch.Tensor, cell: torch.Tensor):
 
 
 @torch.no_grad()
-def build_graph(
-    positions: torch.Tensor,
-    cell: torch.Tensor,
-    edge_src: torch.Tensor,
-    edge_dst: torch.Tensor,
-    edge_shift: torch.Tensor,
-    edge_mask: torch.Tensor,
-    *,
-    radius: float,
-    max_num_neighbors: int | None,
-    dtype: torch.dtype = torch.float32,
-) -> OrbGraph:
+def build_graph(positions, cell, edge_src, edge_dst, edge_shift, edge_mask, *, radius: float,
+                max_num_neighbors: int | None, dtype: torch.dtype = torch.float32) -> OrbGraph:
     """ORB's radius graph with its per-sender nearest-first cap, from the engine's padded full edge list.
 
     Everything stays on ``positions.device``. The arithmetic is ORB's (``ase_atoms_to_atom_graphs``
@@ -240,58 +208,55 @@ def build_graph(
     R, N = positions.shape[0], positions.shape[1]
     E = edge_src.shape[1]
     dev = positions.device
-    pos = positions.detach().to(f64)
     cel = cell.detach().to(device=dev, dtype=f64)
     mask = edge_mask.to(device=dev, dtype=torch.bool)
     src = torch.where(mask, edge_src.to(device=dev, dtype=torch.int64), 0)
     dst = torch.where(mask, edge_dst.to(device=dev, dtype=torch.int64), 0)
-    shift = edge_shift.detach().to(device=dev, dtype=f64)
-
-    pos_w, offsets = _wrap(pos, cel)
+    pos_w, offsets = _wrap(positions.detach().to(f64), cel)
     # Unit shifts for the wrapped positions: d = pos[dst] + S h - pos[src]
     #                                          = pos_w[dst] + (S + o[dst] - o[src]) h - pos_w[src].
     o_src = torch.gather(offsets, 1, src[..., None].expand(R, E, 3))
     o_dst = torch.gather(offsets, 1, dst[..., None].expand(R, E, 3))
-    shift_w = shift + o_dst - o_src
+    shift_w = edge_shift.detach().to(device=dev, dtype=f64) + o_dst - o_src
     pos_g = pos_w.to(dtype)
     p_src = torch.gather(pos_g, 1, src[..., None].expand(R, E, 3))
     image = torch.gather(pos_g, 1, dst[..., None].expand(R, E, 3)) + torch.bmm(shift_w.to(dtype), cel.to(dtype))
     vec = image - p_src  # ORB: supercell_positions[receivers] - positions[senders]
     d64 = image.to(f64) - p_src.to(f64)
     len2 = (d64 * d64).sum(-1)
-    keep = mask & (len2 < float(radius) ** 2)
+    # The bridge has cut the list at the radius in the engine's arithmetic; ORB's own test, in
+    # float64 from the dtype-rounded coordinates, decides the pairs at the boundary as ORB does.
+    edges = batched_edges(src, dst, shift_w, mask & (len2 < float(radius) ** 2), N)
+    vectors, lengths = vec.reshape(R * E, 3)[edges.index], len2.reshape(R * E)[edges.index]
+    if edges.src.numel():
+        order = _nearest_first(edges, lengths, R * N, max_num_neighbors)
+        edges, vectors = edges.select(order), vectors[order]
+    n_edge = torch.zeros(R, dtype=torch.int64, device=dev).index_add_(0, edges.replica, torch.ones_like(edges.replica))
+    return OrbGraph(senders=edges.src, receivers=edges.dst, unit_shifts=edges.shift, vectors=vectors,
+                    n_edge=n_edge, positions=pos_w.reshape(R * N, 3), edge_index=edges.index)
 
-    flat = torch.nonzero(keep.reshape(-1), as_tuple=True)[0]  # replica-major: r*E + e
-    replica = flat // E
-    senders = src.reshape(-1)[flat] + replica * N
-    receivers = dst.reshape(-1)[flat] + replica * N
-    vectors = vec.reshape(-1, 3)[flat]
-    unit_shifts = shift_w.reshape(-1, 3)[flat]
-    lengths = len2.reshape(-1)[flat]
 
-    D = int(flat.shape[0])
-    if D:
-        # ORB's order: by sender, then nearest first. Exact ties: receiver, then image offset
-        # (a canonical choice, independent of the engine's slot order; see the module docstring).
-        # Image offsets of wrapped positions are bounded by radius / (cell height) + 1, far below
-        # 64 for any physical cell; a larger one would only reorder exact ties, never lengths.
-        img = torch.round(unit_shifts).to(torch.int64).clamp(-64, 64) + 64
-        tie = ((receivers * 129 + img[:, 0]) * 129 + img[:, 1]) * 129 + img[:, 2]
-        order = torch.argsort(tie, stable=True)
-        order = order[torch.argsort(lengths[order], stable=True)]
-        order = order[torch.argsort(senders[order], stable=True)]
-        if max_num_neighbors is not None:
-            s_sorted = senders[order]
-            counts = torch.zeros(R * N, dtype=torch.int64, device=dev).index_add_(
-                0, s_sorted, torch.ones_like(s_sorted))  # (bincount would sync a GPU for its size)
-            start = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(D, device=dev) - start[s_sorted]
-            order = order[rank < int(max_num_neighbors)]
-        flat, senders, receivers = flat[order], senders[order], receivers[order]
-        vectors, unit_shifts = vectors[order], unit_shifts[order]
-    n_edge = torch.zeros(R, dtype=torch.int64, device=dev).index_add_(0, flat // E, torch.ones_like(flat))
-    return OrbGraph(senders=senders, receivers=receivers, unit_shifts=unit_shifts, vectors=vectors,
-                    n_edge=n_edge, positions=pos_w.reshape(R * N, 3), edge_index=flat)
+def _nearest_first(edges, lengths, n_nodes: int, max_num_neighbors: int | None) -> torch.Tensor:
+    """The edge order of ORB's graph (by sender, then nearest first), cut at ``max_num_neighbors`` per sender.
+
+    Exact ties: receiver, then image offset (a canonical choice, independent of the engine's slot
+    order; see the module docstring). Image offsets of wrapped positions are bounded by
+    radius / (cell height) + 1, far below 64 for any physical cell; a larger one would only
+    reorder exact ties, never lengths.
+    """
+    img = torch.round(edges.shift).to(torch.int64).clamp(-64, 64) + 64
+    tie = ((edges.dst * 129 + img[:, 0]) * 129 + img[:, 1]) * 129 + img[:, 2]
+    order = torch.argsort(tie, stable=True)
+    order = order[torch.argsort(lengths[order], stable=True)]
+    order = order[torch.argsort(edges.src[order], stable=True)]
+    if max_num_neighbors is None:
+        return order
+    s_sorted = edges.src[order]
+    counts = torch.zeros(n_nodes, dtype=torch.int64, device=s_sorted.device).index_add_(
+        0, s_sorted, torch.ones_like(s_sorted))  # (bincount would sync a GPU for its size)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(s_sorted.numel(), device=s_sorted.device) - start[s_sorted]
+    return order[rank < int(max_num_neighbors)]
 
 
 # ----------------------------------------------------------------------------- the EFS object
@@ -331,11 +296,8 @@ class ORBEFS:
         if getattr(model, "xc_model", None) is not None:
             raise TypeError("ORB's D3SumModel (a model plus a separately built D3 graph) is not supported by the "
                             "jaxpto bridge; load the model without D3 summation")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"unsupported dtype {dtype!r} for ORB; use float32 or float64")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        dtype = torch_float_dtype(dtype, "ORB", default=torch.float32)
+        self.device = resolve_device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         for p in self.model.parameters():
@@ -484,23 +446,6 @@ def _weights_url(fn) -> str | None:
     return url if isinstance(url, str) else None
 
 
-def _probe(url: str, timeout: float) -> str | None:
-    """None if ``url`` answers a single HEAD request within ``timeout`` seconds, else why not."""
-    import requests
-
-    host = url.split("/")[2] if "://" in url else url
-    try:
-        response = requests.head(url, timeout=(timeout, timeout), allow_redirects=True)
-    except requests.RequestException as exc:
-        cause = exc
-        while cause.__context__ is not None and not isinstance(cause.__context__, requests.RequestException):
-            cause = cause.__context__  # the innermost reason (DNS failure, refused connection, ...)
-        return f"no connection to {host}: {type(exc).__name__} ({type(cause).__name__})"
-    if response.status_code >= 400:
-        return f"{host} answered HTTP {response.status_code}"
-    return None
-
-
 def _pretrained_weights(key: str, fn, probe_timeout: float) -> str:
     """A local file of ORB's pretrained weights ``key``, or the URL for ORB's own download once it is reachable."""
     url = _weights_url(fn)
@@ -512,14 +457,11 @@ def _pretrained_weights(key: str, fn, probe_timeout: float) -> str:
     cached = find_latest_cached(url)
     if cached is not None:
         return str(cached)
-    why = _probe(url, probe_timeout)
-    if why is not None:
-        raise RuntimeError(
-            f"cannot download the weights of ORB model {key!r} from {url} ({why}); they are not in "
-            f"orb-models' cache {get_cache_dir()} either. On a machine with network access run "
-            f"`python -c \"from orb_models.forcefield import pretrained; pretrained.{fn.__name__}(device='cpu')\"` "
-            f"and copy the cache, or download the file and pass its path: "
-            f"load_model('/path/{os.path.basename(url)}', family='orb')")
+    require_download(url, f"the weights of ORB model {key!r}", timeout=probe_timeout, local_hint=(
+        f"they are not in orb-models' cache {get_cache_dir()} either. On a machine with network access run "
+        f"`python -c \"from orb_models.forcefield import pretrained; pretrained.{fn.__name__}(device='cpu')\"` "
+        f"and copy the cache, or download the file and pass its path: "
+        f"load_model('/path/{os.path.basename(url)}', family='orb')"))
     return url
 
 
@@ -558,7 +500,7 @@ def load(name_or_path, *, device=None, dtype=None, architecture=None, radius: fl
         num_message_passing_steps=4, system_config=SystemConfig(6.0, 20))``). May be omitted
         for a file with the name of one of ORB's downloads.
     device:
-        Torch device (default: CUDA when available, else CPU).
+        Torch device (default: JAX's platform, :func:`bridges.torch_bridge.resolve_device`).
     dtype:
         ``float32`` (default) or ``float64`` (torch dtype, numpy/JAX dtype or name).
     radius, max_num_neighbors:
@@ -575,36 +517,27 @@ def load(name_or_path, *, device=None, dtype=None, architecture=None, radius: fl
     Raises ``ValueError`` for an unknown name, ``RuntimeError`` (within ``probe_timeout``) when
     pretrained weights are neither cached nor downloadable.
     """
-    torch_dtype = _as_torch_dtype(dtype)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = torch_float_dtype(dtype, "ORB", default=torch.float32)
+    model, label, (radius, mnn) = _network_for(name_or_path, torch_dtype, architecture, compile, probe_timeout,
+                                               radius, max_num_neighbors)
+    efs = ORBEFS(model, radius=radius, max_num_neighbors=mnn, name=label, device=device, dtype=torch_dtype,
+                 conservative=conservative, charge=charge, spin=spin)
+    if not efs.has_stress:
+        warnings.warn(f"ORB model {label!r} has no stress output: the bridge returns zero stress (no NPT)",
+                      stacklevel=2)
+    return efs
+
+
+def _network_for(name_or_path, dtype, architecture, compile: bool, probe_timeout: float, radius, max_num_neighbors):
+    """``(ORB regressor, label, (radius, max_num_neighbors))`` for a pretrained name or a checkpoint file."""
     name = os.fspath(name_or_path)
     key = name.strip().lower()
     table = _pretrained_table()
     if key in table:
         fn = table[key]
-        result = _build(fn, _pretrained_weights(key, fn, probe_timeout), torch_dtype, compile)
-        label = key
+        result, label = _build(fn, _pretrained_weights(key, fn, probe_timeout), dtype, compile), key
     elif os.path.isfile(name):
-        arch = architecture if architecture is not None else _architecture_for_file(name)
-        if arch is None:
-            raise ValueError(f"which ORB architecture does {name!r} have? Pass architecture= one of "
-                             f"{', '.join(k for k in table if k in MODEL_NAMES)} or a callable building the model")
-        if isinstance(arch, str):
-            if arch.lower() not in table:
-                raise ValueError(f"unknown ORB architecture {arch!r}; known: {', '.join(table)}")
-            result = _build(table[arch.lower()], name, torch_dtype, compile)
-        elif callable(arch):
-            with _torch_globals_restored():
-                result = arch()
-                model = result[0] if isinstance(result, tuple) else result
-                state = torch.load(name, map_location="cpu", weights_only=True)
-                model.load_state_dict(state, strict=True)
-            if compile:
-                model.compile(mode="default", dynamic=True)
-        else:
-            raise TypeError(f"architecture must be an ORB model name or a callable, not {type(arch).__name__}")
-        label = f"orb:{os.path.basename(name)}"
+        result, label = _from_checkpoint(name, architecture, table, dtype, compile), f"orb:{os.path.basename(name)}"
     else:
         raise ValueError(f"unknown ORB model {name!r} (and no such file); known: {', '.join(MODEL_NAMES)}")
     model, model_radius, mnn = _unpack(result)
@@ -614,18 +547,28 @@ def load(name_or_path, *, device=None, dtype=None, architecture=None, radius: fl
     if radius is None or mnn is None:
         raise ValueError("the ORB model carries no graph settings: pass radius= and max_num_neighbors= (or build "
                          "it with system_config=SystemConfig(radius=6.0, max_num_neighbors=...) on orb-models 0.5)")
-    efs = ORBEFS(model, radius=radius, max_num_neighbors=mnn, name=label, device=device, dtype=torch_dtype,
-                 conservative=conservative, charge=charge, spin=spin)
-    if not efs.has_stress:
-        warnings.warn(f"ORB model {label!r} has no stress output: the bridge returns zero stress (no NPT)",
-                      stacklevel=2)
-    return efs
+    return model, label, (radius, mnn)
 
 
-def _as_torch_dtype(dtype) -> torch.dtype:
-    from bridges.torch_bridge import model_float_dtype
-
-    return model_float_dtype(dtype, "ORB")
+def _from_checkpoint(path: str, architecture, table: dict, dtype, compile: bool):
+    """ORB's way of loading fine-tuned weights: an architecture (a name of ORB's or a callable) + the state dict."""
+    arch = architecture if architecture is not None else _architecture_for_file(path)
+    if arch is None:
+        raise ValueError(f"which ORB architecture does {path!r} have? Pass architecture= one of "
+                         f"{', '.join(k for k in table if k in MODEL_NAMES)} or a callable building the model")
+    if isinstance(arch, str):
+        if arch.lower() not in table:
+            raise ValueError(f"unknown ORB architecture {arch!r}; known: {', '.join(table)}")
+        return _build(table[arch.lower()], path, dtype, compile)
+    if not callable(arch):
+        raise TypeError(f"architecture must be an ORB model name or a callable, not {type(arch).__name__}")
+    with _torch_globals_restored():
+        result = arch()
+        model = result[0] if isinstance(result, tuple) else result
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    if compile:
+        model.compile(mode="default", dynamic=True)
+    return result
 
 
 # ----------------------------------------------------------------------------- registry hooks
@@ -654,6 +597,22 @@ def looks_like(path) -> bool:
         return False
 
 
+def _own_settings(calc):
+    """``(model, radius, max_num_neighbors, conservative)`` of an ``ORBCalculator`` (exact class) the
+    bridge reproduces, or None."""
+    classes = _calculator_classes()
+    if not classes or type(calc) not in classes:
+        return None
+    model = calc.model
+    if getattr(model, "xc_model", None) is not None or getattr(calc, "expects_charge_and_spin", False):
+        return None
+    config = getattr(calc, "system_config", None) or getattr(calc, "adapter", None)
+    if config is None or next(model.parameters()).dtype not in (torch.float32, torch.float64):
+        return None
+    mnn = getattr(calc, "max_num_neighbors", None) or config.max_num_neighbors
+    return model, float(config.radius), mnn, getattr(calc, "conservative", None)
+
+
 def efs_from_calculator(calc) -> ORBEFS | None:
     """An :class:`ORBEFS` on an ``ORBCalculator``'s own loaded model and graph settings, or None.
 
@@ -665,20 +624,30 @@ def efs_from_calculator(calc) -> ORBEFS | None:
     (The model is put in ``eval()`` mode with frozen parameters, which is how ORB's loaders
     return it; the calculator's results are unaffected.)
     """
-    classes = _calculator_classes()
-    if not classes or type(calc) not in classes:
+    own = _own_settings(calc)
+    if own is None:
         return None
-    model = calc.model
-    if getattr(model, "xc_model", None) is not None or getattr(calc, "expects_charge_and_spin", False):
+    model, radius, mnn, conservative = own
+    return ORBEFS(model, radius=radius, max_num_neighbors=mnn, name=f"ORBCalculator.model[{type(model).__name__}]",
+                  device=calc.device, dtype=next(model.parameters()).dtype, conservative=conservative)
+
+
+def model_identity(calc):
+    """What makes two ORB calculators compute the same thing: the model object and its graph/force settings."""
+    own = _own_settings(calc)
+    if own is None:
         return None
-    config = getattr(calc, "system_config", None) or getattr(calc, "adapter", None)
-    if config is None:
-        return None
-    mnn = getattr(calc, "max_num_neighbors", None) or config.max_num_neighbors
-    conservative = getattr(calc, "conservative", None)
-    dtype = next(model.parameters()).dtype
-    if dtype not in (torch.float32, torch.float64):
-        return None
-    name = f"ORBCalculator.model[{type(model).__name__}]"
-    return ORBEFS(model, radius=float(config.radius), max_num_neighbors=mnn, name=name, device=calc.device,
-                  dtype=dtype, conservative=conservative)
+    from bridges.resolver import Same
+
+    return Same(own[0]), *own[1:]
+
+
+def ase_calculator(name_or_path, *, device=None, dtype=None, architecture=None, max_num_neighbors: int | None = None,
+                   conservative: bool | None = None, probe_timeout: float = 5.0):
+    """ORB's own ``ORBCalculator`` on the same network :func:`load` would run."""
+    torch_dtype = torch_float_dtype(dtype, "ORB", default=torch.float32)
+    model, _, (_, mnn) = _network_for(name_or_path, torch_dtype, architecture, False, probe_timeout, None,
+                                      max_num_neighbors)
+    calculator = _calculator_classes()[-1]
+    return calculator(model.to(resolve_device(device)), device=str(resolve_device(device)), max_num_neighbors=mnn,
+                      conservative=conservative)

@@ -34,6 +34,11 @@ XLA's without a device-wide synchronisation. On older JAX the bridge falls back 
 
 Integer inputs: JAX without x64 has no int64, so indices travel as int32 and are widened to int64
 on the torch side (a small copy); positions, cell, shifts and mask are zero-copy.
+
+This module owns the bridge (:func:`as_jax_model`, :class:`TorchBridge`), the edges of the
+contract (:func:`edges_from_neighbors`, the one cutoff filter) and the one rule for a torch
+model's float dtype and device (:func:`torch_float_dtype`, :func:`resolve_device`: the model
+follows JAX's platform unless the user says otherwise), which the registry and every family use.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ try:  # JAX >= 0.6.1
 except Exception:  # pragma: no cover - exercised only on old JAX
     _buffer_callback = None
 
-__all__ = ["as_jax_model", "edges_from_neighbors", "TorchBridge"]
+__all__ = ["as_jax_model", "edges_from_neighbors", "resolve_device", "torch_float_dtype", "TorchBridge"]
 
 _DL_CUDA, _DL_ROCM = 2, 10  # DLPack device types
 
@@ -64,42 +69,49 @@ def _torch():
     return torch
 
 
-def _torch_dtype(dtype):
-    """``None``, a torch dtype, a numpy/JAX dtype or a name such as ``"float64"`` -> torch dtype."""
+def torch_float_dtype(dtype, family: str = "the model", default=None):
+    """The torch float dtype a bridge or a family's model computes in: float32 or float64.
+
+    ``None`` -> ``default`` (``None``: the caller's own default, e.g. the JAX arrays' dtype in
+    the bridge, the model's own precision in a family's loader); a torch dtype, a numpy/JAX
+    dtype or a name ("float64", "torch.float64") -> ``torch.float32``/``torch.float64``. Anything
+    else is a ``ValueError`` naming ``family``.
+    """
     if dtype is None:
-        return None
+        return default
     torch = _torch()
     if isinstance(dtype, torch.dtype):
-        return dtype
-    name = np.dtype(dtype).name
-    return {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-            "bfloat16": torch.bfloat16}[name]
-
-
-def resolve_device(device):
-    """The torch device a bridge loads its model on: ``None``/``"auto"`` -> CUDA where torch has
-    it, else the CPU; anything else as ``torch.device`` reads it ("cpu", "cuda:1", ...)."""
-    torch = _torch()
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def model_float_dtype(dtype, family: str):
-    """The torch float dtype a bridge runs its model in: float32 (default) or float64.
-
-    Accepts ``None``, a torch dtype, a numpy/JAX dtype or a name ("float64", "torch.float64");
-    anything else is a ``ValueError`` naming the ``family``.
-    """
-    torch = _torch()
-    if dtype is None or isinstance(dtype, torch.dtype):
-        out = torch.float32 if dtype is None else dtype
+        out = dtype
     else:
-        name = dtype.removeprefix("torch.") if isinstance(dtype, str) else np.dtype(dtype).name
+        try:
+            name = dtype.removeprefix("torch.") if isinstance(dtype, str) else np.dtype(dtype).name
+        except TypeError:
+            name = None
         out = {"float32": torch.float32, "float64": torch.float64}.get(name)
     if out not in (torch.float32, torch.float64):
         raise ValueError(f"unsupported dtype {dtype!r} for {family}; use float32 or float64")
     return out
+
+
+def resolve_device(device=None):
+    """The torch device a model runs on: the user's ``device`` ("cpu", "cuda:1", a ``torch.device``),
+    else (``None``/``"auto"``) JAX's platform: CUDA when JAX runs on a GPU and torch has CUDA,
+    else the CPU. One rule for the registry, every family's loader and the bridge.
+
+    For a CPU model the host allocator is tuned first (:func:`jaxpto.host_allocator.tune`, before
+    asking JAX for its backend starts XLA's threads; a no-op where it does not apply).
+    """
+    from jaxpto import host_allocator
+
+    torch = _torch()
+    if device is None or device == "auto":
+        host_allocator.tune()
+        on_gpu = jax.default_backend() in ("gpu", "cuda", "rocm")
+        return torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cpu":
+        host_allocator.tune()
+    return device
 
 
 def edges_from_neighbors(positions, cell, neighbors, cutoff: float):
@@ -143,9 +155,11 @@ class TorchBridge:
     """The callable behind ``Model.compute`` for a torch EFS (see the module docstring).
 
     Attributes for diagnostics: ``n_calls`` (torch calls so far), ``torch_seconds`` (wall time
-    spent inside them), ``trace`` (set it to a list to record, per call, the torch tensors'
-    ``data_ptr`` next to the XLA buffers' addresses: the zero-copy evidence), ``mode``
-    (``"buffer_callback"`` or ``"pure_callback"``).
+    spent inside them), ``trace`` (set it to a list to record, per ``buffer_callback`` call, the
+    zero-copy evidence: ``inputs``/``outputs`` as ``(torch data_ptr, XLA buffer address)`` pairs,
+    ``devices`` of those tensors, ``prepared`` ``(data_ptr, device, dtype)`` of what the model
+    receives after the bridge's casts, and on a GPU ``stream``: XLA's stream and torch's current
+    stream inside the call), ``mode`` (``"buffer_callback"`` or ``"pure_callback"``).
     """
 
     def __init__(self, torch_efs, *, device=None, dtype=None, force_pure_callback: bool = False):
@@ -156,7 +170,11 @@ class TorchBridge:
             from jaxpto import host_allocator
 
             host_allocator.tune()  # effective only if JAX has not run yet; else the first call warns
-        self.dtype = _torch_dtype(dtype)
+        if self.device is None or self.device.type == "cuda":
+            from bridges import gpu_memory
+
+            gpu_memory.share_gpu_with_torch(self.device)  # effective only before JAX's GPU client starts
+        self.dtype = torch_float_dtype(dtype, "the torch bridge")
         self.n_calls = 0
         self.torch_seconds = 0.0
         self.trace: list | None = None
@@ -184,11 +202,15 @@ class TorchBridge:
         mask = mask.to(device=dev, dtype=torch.bool)
         return pos, cell, numbers, src, dst, shift, mask
 
-    def _evaluate(self, tensors):
+    def _evaluate(self, tensors, record=None):
         torch = _torch()
         t0 = time.perf_counter()
+        prepared = self._prepare(tensors)
+        if record is not None:  # what the model itself receives: the same memory unless cast/moved
+            record["prepared"] = [(t.data_ptr(), str(t.device), str(t.dtype).removeprefix("torch."))
+                                  for t in prepared]
         with torch.enable_grad():
-            energy, forces, stress = self.efs(*self._prepare(tensors))
+            energy, forces, stress = self.efs(*prepared)
         if self.n_calls == 0 and energy.device.type == "cpu":
             _warn_if_allocator_untuned()
         self.n_calls += 1
@@ -203,23 +225,28 @@ class TorchBridge:
             # Run torch on XLA's stream: ordered with XLA's work, no device-wide sync needed.
             stream = torch.cuda.ExternalStream(int(ctx.stream), device=torch.device("cuda", int(dev_id)))
             with torch.cuda.device(int(dev_id)), torch.cuda.stream(stream):
-                self._run_buffers(outs, bufs, gpu=True)
+                self._run_buffers(outs, bufs, gpu=True, xla_stream=int(ctx.stream))
         else:
             self._run_buffers(outs, bufs, gpu=False)
 
-    def _run_buffers(self, outs, bufs, gpu: bool):
+    def _run_buffers(self, outs, bufs, gpu: bool, xla_stream=None):
         torch = _torch()
         tensors = [torch.from_dlpack(b) for b in bufs]
         out_t = [torch.from_dlpack(o) for o in outs]
+        record = None
         if self.trace is not None:
             def addr(b):
                 return (b.__cuda_array_interface__["data"][0] if gpu
                         else np.asarray(b).__array_interface__["data"][0])
-            self.trace.append({
+            record = {
                 "inputs": [(t.data_ptr(), addr(b)) for t, b in zip(tensors, bufs)],
                 "outputs": [(t.data_ptr(), addr(o)) for t, o in zip(out_t, outs)],
-            })
-        energy, forces, stress = self._evaluate(tensors)
+                "devices": sorted({str(t.device) for t in tensors + out_t}),
+            }
+            if gpu:  # torch's current stream inside the callback next to XLA's
+                record["stream"] = {"xla": xla_stream, "torch": int(torch.cuda.current_stream().cuda_stream)}
+            self.trace.append(record)
+        energy, forces, stress = self._evaluate(tensors, record)
         out_t[0].copy_(energy.reshape(out_t[0].shape))
         out_t[1].copy_(forces.reshape(out_t[1].shape))
         out_t[2].copy_(stress.reshape(out_t[2].shape))

@@ -4,6 +4,10 @@ ASE optimizers, phonopy and users' own tools get the engine's models through it,
 and the test-suite uses it to give ASE's integrators exactly the same forces as
 jaxpto's. Units are ASE's (eV, eV/A, eV/A^3 with ASE's stress sign).
 
+The other way round, :func:`ase_callback_model` makes any ASE calculator a jaxpto model (called
+on the host through ``jax.pure_callback``: correct, slower), which the ASE layer uses for
+calculators that have no JAX or bridged equivalent.
+
 Batches: :meth:`JaxptoCalculator.calculate_batch` evaluates many structures with the
 same atoms (species and order), e.g. phonopy's displaced supercells or strained cells,
 as ``R`` replicas of ONE model call on one ``R``-replica neighbour list, instead of ``R``
@@ -15,14 +19,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from jaxpto import neighbors as nl
-from jaxpto.model import Model
+from jaxpto.model import Model, ModelOutput
 from jaxpto.state import default_dtype
+from jaxpto.validation import check_atomic_numbers
 
-__all__ = ["JaxptoCalculator"]
+__all__ = ["JaxptoCalculator", "ase_callback_model"]
 
 
 _update = jax.jit(nl.update)
@@ -73,6 +78,9 @@ class JaxptoCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        if len(atoms) == 0:
+            raise ValueError("JaxptoCalculator: the Atoms object has no atoms; there is nothing to compute")
+        check_atomic_numbers(atoms.numbers, "the atoms given to JaxptoCalculator")
         self.model.check_elements(atoms.numbers)
         out = self._evaluate(atoms.positions[None], np.asarray(atoms.cell)[None], atoms.numbers,
                              tuple(bool(p) for p in atoms.pbc))
@@ -121,6 +129,8 @@ class JaxptoCalculator(Calculator):
         if unknown:
             raise ValueError(f"unknown properties {unknown}; implemented: {self.implemented_properties}")
         numbers = np.asarray(images[0].numbers)
+        if len(numbers) == 0:
+            raise ValueError("calculate_batch: the structures have no atoms; there is nothing to compute")
         pbc = tuple(bool(p) for p in images[0].pbc)
         for k, at in enumerate(images[1:], start=1):
             if len(at) != len(numbers):
@@ -157,3 +167,58 @@ class JaxptoCalculator(Calculator):
                     res["stress"] = full_3x3_to_voigt_6_stress(stress[r])
                 results.append({p: res[p] for p in properties if p in res})
         return results
+
+
+def ase_callback_model(calculators, template, need_stress: bool) -> Model:
+    """A :class:`Model` evaluating ASE calculators on the host through ``jax.pure_callback``.
+
+    ``calculators``: one ASE calculator per replica (replica ``r`` is evaluated by
+    ``calculators[r]``, so replicas with different calculators each get their own), or one
+    calculator for all. ``template``: an ``Atoms`` with the system's species and ``pbc``.
+    Stress is taken for 3D-periodic systems; a calculator without stress gives zeros unless
+    ``need_stress`` (NPT), which then raises ASE's ``PropertyNotImplementedError``.
+    Units: ASE's.
+    """
+    pbc3 = bool(np.all(template.pbc))
+    calcs = list(calculators) if isinstance(calculators, (list, tuple)) else None
+    single = None if calcs is not None else calculators
+
+    def host(positions, cell):
+        positions = np.asarray(positions)
+        cell = np.asarray(cell)
+        R, N = positions.shape[:2]
+        if calcs is not None and len(calcs) != R:
+            raise ValueError(f"ase_callback_model has {len(calcs)} calculators for {R} replicas")
+        energy = np.zeros(R, positions.dtype)
+        forces = np.zeros((R, N, 3), positions.dtype)
+        stress = np.zeros((R, 3, 3), positions.dtype)
+        for r in range(R):
+            if not (np.all(np.isfinite(positions[r])) and np.all(np.isfinite(cell[r]))):
+                # A replica that blew up: ASE calculators fail on NaN coordinates (or return
+                # meaningless numbers); NaN results keep the batch going and the driver reports it.
+                energy[r], forces[r], stress[r] = np.nan, np.nan, np.nan
+                continue
+            a = template.copy()
+            a.set_cell(cell[r].astype(float))
+            a.set_positions(positions[r].astype(float))
+            a.calc = single if calcs is None else calcs[r]
+            energy[r] = a.get_potential_energy()
+            forces[r] = a.get_forces()
+            if pbc3:
+                try:
+                    stress[r] = a.get_stress(voigt=False)
+                except PropertyNotImplementedError:
+                    if need_stress:
+                        raise
+        return energy, forces, stress
+
+    def compute(positions, cell, numbers, neighbors):
+        R, N = positions.shape[:2]
+        dt = positions.dtype
+        shapes = (jax.ShapeDtypeStruct((R,), dt), jax.ShapeDtypeStruct((R, N, 3), dt),
+                  jax.ShapeDtypeStruct((R, 3, 3), dt))
+        e, f, s = jax.pure_callback(host, shapes, positions, cell, vmap_method="sequential")
+        return ModelOutput(energy=e, forces=f, stress=s)
+
+    first = single if calcs is None else calcs[0]
+    return Model(compute=compute, cutoff=0.0, name=f"ase-callback:{type(first).__name__}")

@@ -18,15 +18,18 @@ plus two jaxpto keywords:
 How a run works
 ---------------
 ``run(steps)``/``irun(steps)`` follow ASE's ``MolecularDynamics.irun``: at step 0 the
-observers are called, then after every step the observers due at that step. jaxpto runs
-all steps between two observer events (and at most ``chunk_size`` steps) as ONE compiled
-``fori_loop`` chunk whose length is a traced argument (:func:`run_steps`; like
-:func:`jaxpto.simulate.run_chunk`, with the same neighbour-list overflow handling), so an
-integrator compiles once whatever the pattern of ``run(n)`` calls and observer intervals
-(``run(1)`` then ``run(200)`` does not recompile), then writes the state
-back into the Atoms object (positions, momenta, cell) and calls the observers due at that
-step, in ASE's order. ``irun`` therefore yields after every chunk (at every observer event
-and at the end), not after every step.
+observers are called, then after every step the observers due at that step. The steps
+between two observer events (at most ``chunk_size``) run as ONE compiled chunk of the one
+driver, :func:`jaxpto.simulate.chunks` (traced chunk length: ``run(1)`` then ``run(200)``
+does not recompile; neighbour-list overflow re-allocated from what the chunk met; every
+replica's health checked). After each chunk the state is written back into the Atoms
+(positions, momenta, cell) and the observers due at that step are called, in ASE's order.
+``irun`` therefore yields after every chunk (at every observer event and at the end).
+A replica that blows up (non-finite coordinates, a box length changed by more than 50 %,
+a temperature above 5x the target) is reported once with a warning, and runs on as ASE's would.
+
+Per-replica parameters are state: ``Langevin.set_temperature``/``set_friction`` and
+``NPT.set_temperature``/``set_stress`` change them between runs without recompiling.
 
 Calculator results: after each chunk the user's calculator stays ``atoms.calc``; its result
 cache is filled with the simulated energy, forces and stress of the written configuration
@@ -35,21 +38,30 @@ cache is filled with the simulated energy, forces and stress of the written conf
 ``Trajectory.write`` see the simulated values without recomputation. Properties that were
 not simulated (e.g. EMT's ``energies``) are recomputed by the calculator on request. If the
 same calculator object is shared by several Atoms of a replica list, only the last one keeps
-the cache (the others recompute on request; still correct).
+the cache (the others recompute on request; still correct). A replica whose coordinates
+became non-finite reports NaN energy, forces and stress: its ``atoms.calc`` becomes a
+:class:`NonFiniteStateCalculator` (ASE's calculators would recompute at NaN positions), which
+hands back to the user's calculator (``atoms.calc.calculator``) at finite coordinates.
 
-Forces: with a :class:`~jaxpto.calculator.JaxptoCalculator` its model is used directly. ASE's
-``EMT``, ``LennardJones`` and ``MorsePotential`` are replaced by their JAX twins from
-:mod:`jaxpto.potentials` (same parameters; checked against the ASE calculator on the first
-configuration, falling back to the callback path below if they disagree). SevenNet's
-``sevenn.calculator.SevenNetCalculator`` and CHGNet's ``chgnet.model.dynamics.CHGNetCalculator``
-are swapped for jaxpto's torch bridge (:func:`bridges.torch_bridge.as_jax_model`) around the
-*calculator's own, already loaded* torch model (same object, same weights, no second load; see
-:func:`_torch_bridge_efs`), checked against the calculator on the first configuration (energy
-1e-5 eV/atom, forces 1e-4 eV/A, stress 1e-5 eV/A^3: float32 models), falling back to the
-callback path (with a warning saying why) if they disagree. Any other ASE calculator is called
-through ``jax.pure_callback`` on a copy of the atoms (correct, slower; a warning says so). The
-path taken is recorded in ``dyn.force_kind``: ``"jaxpto"``, ``"twin"``, ``"bridge"`` or
-``"callback"``.
+Faults: a starting configuration with non-finite energy or forces (coincident atoms, ...) is a
+``ValueError`` before any step, naming the closest atoms; an unphysical replica (blow-up rules of
+:func:`jaxpto.simulate.blow_up_reason`, box lengths compared with the first run's) is reported
+with one ``RuntimeWarning`` per dynamics object, however many ``run`` calls follow.
+
+Forces: the calculator is handed to the one model resolver, :func:`bridges.from_calculator`:
+a :class:`~jaxpto.calculator.JaxptoCalculator`'s model is used directly; ASE's ``EMT``,
+``LennardJones`` and ``MorsePotential`` are replaced by their JAX twins (same parameters);
+the calculators of the bridged families (SevenNet, CHGNet, MACE, ORB, matgl, DeePMD) are
+swapped for jaxpto's torch bridge around the calculator's *own, already loaded* network. A
+twin or bridge is checked against the calculator on the first configuration (twins: 1e-8
+relative in float64, 1e-4 in float32; bridges: ``BRIDGE_E_TOL`` eV/atom, ``BRIDGE_F_TOL`` eV/A,
+``BRIDGE_S_TOL`` eV/A^3) and the calculator is called through ``jax.pure_callback`` instead
+(with a warning saying why) if they disagree. Any other ASE calculator is called through
+``jax.pure_callback`` on a copy of the atoms (correct, slower; a warning says so), each
+replica with its own calculator. The path taken is recorded in ``dyn.force_kind``:
+``"jaxpto"``, ``"twin"``, ``"bridge"``, ``"native"`` or ``"callback"``. Replicas whose
+calculators compute different things (other parameters, other models) cannot share one
+compiled model: that is an error before any step, naming the replicas.
 
 Observers that modify the atoms: as ASE, per class. ``VelocityVerlet``, ``Langevin`` and
 ``Bussi`` read the atoms every step in ASE, so changed positions/momenta/cell are re-read into
@@ -65,63 +77,36 @@ Replicas: ``atoms`` may be a list of Atoms (same species, same order); per-repli
 sequences. All replicas run in one program; each Atoms object is updated as above. A string
 ``trajectory``/``logfile`` then names one file per replica (``md.traj`` -> ``md_0.traj``,
 ``md_1.traj``, ...; ``'-'`` logs every replica to standard output); a list gives the names.
-Observers are called once per event (not once per replica).
+Observers are called once per event (not once per replica). ``swap_interval=K`` (thermostatted
+classes) adds temperature replica exchange every ``K`` steps, on the device
+(:mod:`jaxpto.integrators.replica_exchange`): the Atoms of replica ``r`` always hold the configuration
+at temperature ``r``; ``dyn.get_exchange_statistics()`` gives acceptances, walkers and round trips.
 
 Not supported: constraints (``NotImplementedError``), Filters, MPI ``comm``/``master``.
+Units are ASE's throughout (eV, Angstrom, amu, ASE time units; stress in eV/A^3).
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from ase import units
-from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
+from ase.calculators.calculator import BaseCalculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.md import process_temperature
 from ase.stress import full_3x3_to_voigt_6_stress
 from ase.utils import IOContext
 
-from jaxpto import neighbors as nl
-from jaxpto.model import Model, ModelOutput
-from jaxpto.state import _evaluate_jit, default_dtype
+from jaxpto import simulate
+from jaxpto.state import default_dtype
 
 __all__ = ["VelocityVerlet", "Langevin", "Bussi", "NoseHooverChainNVT", "NPT", "MelchionnaNPT",
            "MTKNPT", "MaskedMTKNPT", "IsotropicMTKNPT"]
 
-
-# ---------------------------------------------------------------------------
-# Forces from atoms.calc
-# ---------------------------------------------------------------------------
-
-
-def _jax_twin(calc):
-    """The JAX-native model of ASE's EMT / LennardJones / MorsePotential with the same parameters, or None."""
-    from ase.calculators.emt import EMT
-    from ase.calculators.lj import LennardJones
-    from ase.calculators.morse import MorsePotential
-
-    p = dict(calc.parameters)
-    if type(calc) is EMT:
-        from jaxpto.potentials.emt import emt
-        return emt(asap_cutoff=bool(p.get("asap_cutoff", False)))
-    if type(calc) is LennardJones:
-        from jaxpto.potentials.pair import lennard_jones
-        return lennard_jones(sigma=p.get("sigma", 1.0), epsilon=p.get("epsilon", 1.0), rc=p.get("rc"),
-                             ro=p.get("ro"), smooth=bool(p.get("smooth", False)))
-    if type(calc) is MorsePotential:
-        from jaxpto.potentials.pair import morse
-        return morse(epsilon=p.get("epsilon", 1.0), r0=p.get("r0", 1.0), rho0=p.get("rho0", 6.0),
-                     rcut1=p.get("rcut1", 1.9), rcut2=p.get("rcut2", 2.7))
-    return None
-
-
-# Tolerances of the bridge check on the first configuration (float32 torch models).
 # Tolerances of the first-configuration check of a bridged model against its own calculator
 # (eV/atom, eV/A, eV/A^3). They catch a wrong model (other weights or head: differences of
 # 1e-2 eV/atom and more), not float32 noise: the bridge forms float32 edge vectors from
@@ -129,186 +114,194 @@ def _jax_twin(calc):
 # for the 625-atom PbTiO3 box (20 A) gave |dE| = 2.7e-5 eV/atom with 7net-0 (measured).
 BRIDGE_E_TOL, BRIDGE_F_TOL, BRIDGE_S_TOL = 2e-4, 2e-3, 5e-5
 
-_SEVENNET_CALC_EFS = None  # the class below, built on first use (imports torch and sevenn)
 
+# ---------------------------------------------------------------------------
+# Forces from atoms.calc
+# ---------------------------------------------------------------------------
 
-def _sevennet_calculator_efs_class():
-    """:class:`bridges.sevenn.SevenNetEFS` around a SevenNetCalculator's loaded network (built lazily)."""
-    global _SEVENNET_CALC_EFS
-    if _SEVENNET_CALC_EFS is not None:
-        return _SEVENNET_CALC_EFS
-    import torch
-    from bridges.sevenn import SevenNetEFS
+def _resolve_replicas(atoms_list):
+    """``(model, kind)`` shared by every replica's calculator (:func:`bridges.from_calculator`, the one
+    model resolver), or ``(None, "callback")`` for calculators no family knows.
 
-    class SevenNetCalculatorEFS(SevenNetEFS):
-        """SevenNetEFS on ``calc.model`` itself (no checkpoint load; ``SevenNetEFS.__init__`` only loads).
-
-        ``SevenNetEFS.__call__`` needs exactly the attributes set here. The calculator keeps its
-        network in single-graph mode (``set_is_batch_data(False)``) while the bridge feeds one
-        batched graph, so the mode is switched to batched for the duration of each bridge call and
-        switched back afterwards (the calculator itself keeps working on the same object).
-        """
-
-        def __init__(self, calc):
-            import sevenn._keys as KEY
-
-            self._KEY = KEY
-            self.model = calc.model
-            self.device = torch.device(calc.device)
-            self.dtype = torch.float32
-            self.cutoff = float(calc.cutoff)
-            self.elements = frozenset(int(z) for z in calc.type_map)
-            self._z_known = torch.zeros(128, dtype=torch.bool, device=self.device)
-            self._z_known[torch.tensor(sorted(self.elements), device=self.device)] = True
-            self.modal = calc.modal
-            self.name = "SevenNetCalculator.model" + (f"[{self.modal}]" if self.modal else "")
-
-        def __call__(self, *args):
-            net = self.model
-            previous = bool(getattr(net, "is_batch_data", False))
-            net.set_is_batch_data(True)
-            try:
-                return super().__call__(*args)
-            finally:
-                net.set_is_batch_data(previous)
-
-    _SEVENNET_CALC_EFS = SevenNetCalculatorEFS
-    return SevenNetCalculatorEFS
-
-
-def _torch_bridge_efs(calc):
-    """A torch EFS object (see :mod:`bridges.torch_bridge`) on ``calc``'s already loaded model, or None.
-
-    * ``sevenn.calculator.SevenNetCalculator`` (any checkpoint: 7net-0, 7net-l3i5, 7net-mf-0 with
-      the calculator's ``modal``, ...): ``bridges.sevenn.SevenNetEFS`` can only load a checkpoint,
-      so a subclass reuses ``calc.model`` (the same ``AtomGraphSequential`` object), its
-      ``cutoff``, ``type_map``, ``modal`` and ``device``; float32 (SevenNet's only dtype).
-    * ``chgnet.model.dynamics.CHGNetCalculator``: ``bridges.chgnet.CHGNetEFS(calc.model, ...)``
-      takes a loaded CHGNet directly, on ``calc.device`` in the model's own parameter dtype.
-      (``CHGNetEFS`` puts the model in ``eval()`` mode and freezes its parameters,
-      ``requires_grad=False``; inference, the calculator's own results, is unaffected.)
-
-    * MACE (``MACECalculator``), ORB (``ORBCalculator``), matgl (``PESCalculator``) and DeePMD
-      (``deepmd.calculator.DP``): ``bridges.<family>.efs_from_calculator(calc)`` reuses the
-      calculator's loaded network with its settings (head, radius and neighbour cap, units, ...).
-
-    Only these exact classes (not subclasses, which may compute something else); the module is
-    looked at first so that neither torch nor the model package is imported for other calculators.
+    Raises ``ValueError`` before any step if the replicas' calculators compute different things (a
+    shared compiled model would silently give every replica replica 0's forces).
     """
-    module = type(calc).__module__ or ""
-    if module.startswith("sevenn"):
-        from sevenn.calculator import SevenNetCalculator
-        from sevenn.nn.sequential import AtomGraphSequential
+    from bridges import calculator_identity, from_calculator
 
-        if type(calc) is not SevenNetCalculator or not isinstance(calc.model, AtomGraphSequential):
-            return None
-        return _sevennet_calculator_efs_class()(calc)
-    if module.startswith("chgnet"):
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        if type(calc) is not CHGNetCalculator:
-            return None
-        from bridges.chgnet import CHGNetEFS
-
-        model = calc.model
-        dtype = next(model.parameters()).dtype
-        version = getattr(model, "version", None)
-        name = f"CHGNetCalculator.model[{version}]" if version else "CHGNetCalculator.model"
-        return CHGNetEFS(model, name=name, device=calc.device, dtype=dtype)
-    # MACE, ORB, matgl, DeePMD: each bridge module knows its own calculator classes.
-    for prefix, family in (("mace", "mace"), ("orb_models", "orb"), ("matgl", "matgl"), ("deepmd", "deepmd")):
-        if module.startswith(prefix):
-            from bridges.registry import family_module
-
-            hook = getattr(family_module(family), "efs_from_calculator", None)
-            return None if hook is None else hook(calc)
-    return None
+    calcs = [a.calc for a in atoms_list]
+    if any(c is None for c in calcs):
+        r = next(i for i, c in enumerate(calcs) if c is None)
+        raise RuntimeError(f"The atoms have no calculator (replica {r}): set atoms.calc before running dynamics")
+    identities = [calculator_identity(c) for c in calcs]
+    if identities[0] is None:
+        return None, "callback"
+    differ = [r for r, ident in enumerate(identities) if ident != identities[0]]
+    if differ:
+        raise ValueError(
+            f"jaxpto.md: the calculators of replica(s) {differ} compute something different from replica 0's "
+            f"({type(calcs[0]).__name__} with other parameters, another model or another kind); one batched "
+            "program needs one model for all replicas. Give every replica the same calculator (or equal "
+            "parameters), or run the different models as separate dynamics objects.")
+    try:
+        resolved = from_calculator(calcs[0])
+    except Exception as exc:  # an unusual model object, ...
+        warnings.warn(f"jaxpto.md: could not put {type(calcs[0]).__name__}'s model on the engine "
+                      f"({type(exc).__name__}: {exc}); falling back to the callback", stacklevel=4)
+        return None, "callback"
+    return (None, "callback") if resolved is None else (resolved.model, resolved.kind)
 
 
-def _bridge_settings(calc):
-    """What, beyond the model object, makes two calculators of one kind compute the same thing."""
-    # MACECalculator keeps its network in ``models`` (a list), matgl's PESCalculator in ``potential``.
-    model = getattr(calc, "model", None) or (getattr(calc, "models", None) or [None])[0]
-    return (type(calc), id(model), id(getattr(calc, "potential", None)),
-            getattr(calc, "modal", None), getattr(calc, "stress_weight", None),
-            getattr(calc, "conversion_factor", None), getattr(calc, "head", None),
-            getattr(calc, "default_dtype", None), getattr(calc, "max_num_neighbors", None),
-            getattr(calc, "conservative", None), repr(getattr(calc, "system_config", None)),
-            id(getattr(calc, "dp", None)), tuple(sorted((getattr(calc, "type_dict", None) or {}).items())))
+def _checked_state(dyn, model, kind):
+    """``(state, force_fn, kind)``: the state on ``model``, or ``(None, None, "callback")`` if the twin
+    or bridge does not reproduce the calculator on the first configuration (a warning says why)."""
+    from jaxpto.simulate import state_from_atoms
+
+    try:
+        state, force_fn = state_from_atoms(dyn._atoms_list, model, seed=dyn.seed, dtype=dyn.dtype)
+        if not (np.all(np.isfinite(np.asarray(state.energy))) and np.all(np.isfinite(np.asarray(state.forces)))):
+            return state, force_fn, kind  # the start is broken whatever computes it: _check_start says why
+        why = _twin_disagreement(dyn, state) if kind == "twin" else _bridge_disagreement(dyn, state)
+    except Exception as exc:  # elements not covered, ...
+        state, why = None, f"{type(exc).__name__}: {exc}"
+    if why is None:
+        return state, force_fn, kind
+    if kind != "twin":  # a twin that does not apply (e.g. an element EMT lacks) falls back quietly
+        calc = dyn._atoms_list[0].calc
+        warnings.warn(f"jaxpto.md: the {'torch bridge' if kind == 'bridge' else 'JAX-native model'} of "
+                      f"{type(calc).__name__}'s model does not reproduce the "
+                      f"calculator on the first configuration ({why}); falling back to the callback", stacklevel=4)
+    return None, None, "callback"
 
 
-def callback_model(calc, template, need_stress: bool) -> Model:
-    """A :class:`Model` evaluating an arbitrary ASE calculator on the host through ``jax.pure_callback``."""
-    pbc3 = bool(np.all(template.pbc))
+def _twin_disagreement(dyn, state):
+    """None if the JAX twin equals the ASE calculator on replica 0, else why not."""
+    a = dyn._atoms_list[0].copy()
+    a.calc = dyn._atoms_list[0].calc
+    e = a.get_potential_energy()
+    f = a.get_forces()
+    tol = 1e-8 if dyn.dtype == jnp.float64 else 1e-4
+    ej = float(state.energy[0])
+    fj = np.asarray(state.forces[0])
+    scale = max(1.0, np.abs(f).max())
+    if abs(ej - e) <= tol * max(1.0, abs(e)) and np.abs(fj - f).max() <= tol * scale:
+        return None
+    return f"|dE| = {abs(ej - e):.2e} eV, max |dF| = {np.abs(fj - f).max():.2e} eV/A"
 
-    def host(positions, cell):
-        positions = np.asarray(positions)
-        cell = np.asarray(cell)
-        R, N = positions.shape[:2]
-        energy = np.zeros(R, positions.dtype)
-        forces = np.zeros((R, N, 3), positions.dtype)
-        stress = np.zeros((R, 3, 3), positions.dtype)
-        for r in range(R):
-            a = template.copy()
-            a.set_cell(cell[r].astype(float))
-            a.set_positions(positions[r].astype(float))
-            a.calc = calc
-            energy[r] = a.get_potential_energy()
-            forces[r] = a.get_forces()
-            if pbc3:
-                try:
-                    stress[r] = a.get_stress(voigt=False)
-                except PropertyNotImplementedError:
-                    if need_stress:
-                        raise
-        return energy, forces, stress
 
-    def compute(positions, cell, numbers, neighbors):
-        R, N = positions.shape[:2]
-        dt = positions.dtype
-        shapes = (jax.ShapeDtypeStruct((R,), dt), jax.ShapeDtypeStruct((R, N, 3), dt),
-                  jax.ShapeDtypeStruct((R, 3, 3), dt))
-        e, f, s = jax.pure_callback(host, shapes, positions, cell)
-        return ModelOutput(energy=e, forces=f, stress=s)
+def _bridge_disagreement(dyn, state):
+    """None if the bridged model equals ``atoms.calc`` on replica 0 as the state holds it, else why not.
 
-    return Model(compute=compute, cutoff=0.0, name=f"ase-callback:{type(calc).__name__}")
+    The calculator is evaluated on the state's own (possibly float32-rounded) positions and cell,
+    so only the models are compared. Tolerances: ``BRIDGE_E_TOL`` eV/atom, ``BRIDGE_F_TOL`` eV/A,
+    ``BRIDGE_S_TOL`` eV/A^3 (stress only for a periodic cell).
+    """
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    first = dyn._atoms_list[0]
+    a = first.copy()
+    a.set_cell(np.asarray(state.cell[0], dtype=float), scale_atoms=False)
+    a.set_positions(np.asarray(state.positions[0], dtype=float))
+    a.calc = first.calc
+    n = len(a)
+    de = abs(float(state.energy[0]) - a.get_potential_energy()) / n
+    df = float(np.abs(np.asarray(state.forces[0], dtype=float) - a.get_forces()).max()) if n else 0.0
+    problems = []
+    if not (de <= BRIDGE_E_TOL):
+        problems.append(f"|dE| = {de:.2e} eV/atom > {BRIDGE_E_TOL:g}")
+    if not (df <= BRIDGE_F_TOL):
+        problems.append(f"max |dF| = {df:.2e} eV/A > {BRIDGE_F_TOL:g}")
+    if a.cell.rank == 3 and all(a.pbc):
+        try:
+            s = a.get_stress(voigt=False)
+        except PropertyNotImplementedError:  # e.g. a potential built without stress: nothing to compare
+            s = None
+        ds = 0.0 if s is None else float(np.abs(np.asarray(state.stress[0], dtype=float) - s).max())
+        if not (ds <= BRIDGE_S_TOL):
+            problems.append(f"max |dS| = {ds:.2e} eV/A^3 > {BRIDGE_S_TOL:g}")
+    return "; ".join(problems) if problems else None
 
 
 # ---------------------------------------------------------------------------
-# One compiled program per integrator, whatever the chunk length
+# Replicas that blew up
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
-def chunk_program(step):
-    """``program(state, n)``: ``n`` steps (a traced int32, so every chunk length shares one compilation)."""
+class NonFiniteStateCalculator(SinglePointCalculator):
+    """``atoms.calc`` of a replica whose coordinates became non-finite: energy, forces and stress are NaN.
 
-    @jax.jit
-    def program(state, n):
-        return jax.lax.fori_loop(0, n, lambda _, s: step(s), state)
+    ASE's calculators compare the atoms with their cached ones by value, and NaN != NaN, so at
+    NaN positions they would recompute (ASE's EMT then returns a finite, meaningless energy).
+    This one compares NaN-aware: for the written (NaN) configuration it returns NaN. Once the
+    atoms hold finite coordinates again (the user reset them), every request goes to
+    ``calculator``, the user's own calculator, which it replaced.
+    """
 
-    return program
+    def __init__(self, atoms, calculator, **results):
+        super().__init__(atoms, **results)
+        self.calculator = calculator
+
+    def check_state(self, atoms, tol=1e-15):
+        a = self.atoms
+        same = (_same(a.positions, atoms.positions) and _same(a.cell.array, atoms.cell.array)
+                and np.array_equal(a.numbers, atoms.numbers) and np.array_equal(a.pbc, atoms.pbc))
+        return [] if same else ["positions"]
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        if atoms is not None and self.check_state(atoms) and self.calculator is not None \
+                and np.all(np.isfinite(atoms.positions)) and np.all(np.isfinite(atoms.cell.array)):
+            return self.calculator.get_property(name, atoms, allow_calculation)
+        return super().get_property(name, atoms, allow_calculation)
 
 
-def run_steps(integrator, state, n_steps: int):
-    """As :func:`jaxpto.simulate.run_chunk` (re-allocating the neighbour list on overflow), any ``n_steps``, one program."""
-    if n_steps <= 0:
-        return state
-    program = chunk_program(integrator.step)
-    n = jnp.asarray(n_steps, jnp.int32)
-    for _ in range(8):
-        new_state = program(state, n)
-        nbrs = new_state.neighbors
-        if nbrs is None or not bool(jnp.any(nbrs.did_overflow)):
-            return new_state
-        state = state.replace(neighbors=nl.reallocate(state.neighbors, state.positions, state.cell))
-    raise RuntimeError("neighbour list kept overflowing after 8 re-allocations; the system is probably "
-                       "collapsing (atoms far closer than the cutoff); check the time step and structure")
+def _closest_pairs(atoms, below: float = 0.5) -> str:
+    """`` (atoms i and j are d A apart, ...)`` for pairs closer than ``below`` A (at most three), or ''."""
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, below)
+    keep = i < j
+    i, j, d = i[keep], j[keep], d[keep]
+    if not len(d):
+        return ""
+    order = np.argsort(d)[:3]
+    return " (" + ", ".join(f"atoms {i[k]} and {j[k]} are {d[k]:.3g} A apart" for k in order) + ")"
+
+
+def _check_start(state, atoms_list):
+    """A clear error before any step if the model gives non-finite energy or forces at the start."""
+    energy = np.asarray(state.energy, dtype=float)
+    forces = np.asarray(state.forces, dtype=float)
+    bad = ~(np.isfinite(energy) & np.all(np.isfinite(forces), axis=(1, 2)))
+    if not bad.any():
+        return
+    r = int(np.flatnonzero(bad)[0])
+    others = f" (and replica(s) {np.flatnonzero(bad)[1:].tolist()})" if bad.sum() > 1 else ""
+    raise ValueError(f"jaxpto.md: the model gives non-finite energy or forces at the starting configuration of "
+                     f"replica {r}{others}{_closest_pairs(atoms_list[r])}; fix the structure (overlapping or "
+                     "coincident atoms?) before running dynamics")
 
 
 # ---------------------------------------------------------------------------
 # The shared machinery
 # ---------------------------------------------------------------------------
+
+
+def _per_replica_names(value, R):
+    """One file (name or object) per replica: a list as given, ``md.traj`` -> ``md_0.traj``, ..."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != R:
+            raise ValueError(f"{len(value)} file names for {R} replicas")
+        return list(value)
+    if R == 1 or hasattr(value, "write"):
+        if R > 1:
+            raise ValueError("give one file (name) per replica for a list of Atoms")
+        return [value]
+    p = Path(value)
+    return [str(p.with_name(f"{p.stem}_{r}{p.suffix}")) for r in range(R)]
+
+
+def _same(a, b) -> bool:
+    """Array equality that counts NaN == NaN (a blown-up replica's coordinates did not 'change')."""
+    return np.array_equal(a, b, equal_nan=True)
 
 
 class _JaxDynamics(IOContext):
@@ -320,8 +313,9 @@ class _JaxDynamics(IOContext):
     chunk_size = 1000
 
     def __init__(self, atoms, timestep, *, trajectory=None, logfile=None, loginterval=1,
-                 append_trajectory=False, dtype=None, seed=None, rng=None):
+                 append_trajectory=False, dtype=None, seed=None, rng=None, swap_interval=None):
         self.dt = float(timestep)
+        self.swap_interval = None if swap_interval is None else int(swap_interval)
         self._single = not isinstance(atoms, (list, tuple))
         self._atoms_list = [atoms] if self._single else list(atoms)
         if not self._atoms_list:
@@ -338,7 +332,15 @@ class _JaxDynamics(IOContext):
         self._integrator = None
         self._written = None
         self._time_elapsed = 0.0
-        for a in self._atoms_list:
+        self._check_atoms()
+        self.masses = self._atoms_list[0].get_masses().reshape(-1, 1)
+        self._attach_files(trajectory, logfile, loginterval, append_trajectory)
+
+    def _check_atoms(self):
+        from jaxpto.validation import check_atomic_numbers
+
+        for r, a in enumerate(self._atoms_list):
+            check_atomic_numbers(a.numbers, f"replica {r}" if len(self._atoms_list) > 1 else "the atoms")
             if a.constraints:
                 raise NotImplementedError("jaxpto.md does not support constraints (yet)")
             if 0 in a.get_masses():
@@ -346,14 +348,14 @@ class _JaxDynamics(IOContext):
                               "atoms are unconstrained.")
             if not a.has("momenta"):
                 a.set_momenta(np.zeros((len(a), 3)))
-        R = len(self._atoms_list)
-        self.masses = self._atoms_list[0].get_masses().reshape(-1, 1)
 
-        # Trajectory (as ASE's BaseDynamics: attached with interval=loginterval).
+    def _attach_files(self, trajectory, logfile, loginterval, append_trajectory):
+        """Trajectory and log files as ASE's ``MolecularDynamics`` attaches them (interval = loginterval)."""
+        R = len(self._atoms_list)
         self._traj_targets = None
         if trajectory is not None:
-            targets = self._per_replica_names(trajectory, R)
-            for i, t in enumerate(targets):
+            targets = _per_replica_names(trajectory, R)
+            for t in targets:
                 if not hasattr(t, "write") and not append_trajectory:
                     Path(t).unlink(missing_ok=True)
             self._traj_targets = targets
@@ -362,24 +364,12 @@ class _JaxDynamics(IOContext):
         if logfile:
             from ase.md.logger import MDLogger
             names = [logfile] * R if (logfile == "-" or hasattr(logfile, "write")) else \
-                self._per_replica_names(logfile, R)
+                _per_replica_names(logfile, R)
             for a, name in zip(self._atoms_list, names):
                 logger = self.closelater(MDLogger(dyn=self, atoms=a, logfile=name))
                 self.attach(logger, loginterval)
 
     # -- ASE interface ------------------------------------------------------
-
-    def _per_replica_names(self, value, R):
-        if isinstance(value, (list, tuple)):
-            if len(value) != R:
-                raise ValueError(f"{len(value)} file names for {R} replicas")
-            return list(value)
-        if R == 1 or hasattr(value, "write"):
-            if R > 1:
-                raise ValueError("give one file (name) per replica for a list of Atoms")
-            return [value]
-        p = Path(value)
-        return [str(p.with_name(f"{p.stem}_{r}{p.suffix}")) for r in range(R)]
 
     def _traj_write_image(self, description: dict):
         from ase.io.trajectory import Trajectory
@@ -428,6 +418,12 @@ class _JaxDynamics(IOContext):
         call, so ``run`` is the fast path: it compiles the steps between two observer events together)."""
         return self._irun(steps, per_step=True)
 
+    def run(self, steps=50):
+        converged = steps == 0
+        for converged in self._irun(steps, per_step=False):
+            pass
+        return converged
+
     def _irun(self, steps, per_step):
         self.max_steps = self.nsteps + steps
         if self._state is None:
@@ -439,25 +435,27 @@ class _JaxDynamics(IOContext):
             self.call_observers()
             self._reread(between_runs=False)
         yield self.nsteps == self.max_steps
-        while self.nsteps < self.max_steps:
-            target = self.nsteps + 1 if per_step else self._next_event()
-            k = target - self.nsteps
-            self._state = run_steps(self._integrator, self._state, k)
-            self._time_elapsed += k * self.dt
-            self.nsteps = target
+        if self.nsteps >= self.max_steps:
+            return
+        base = self.nsteps
+
+        def next_stop(done):
+            return done + 1 if per_step else self._next_event(base + done) - base
+
+        for chunk in simulate.chunks(self._integrator, self._state, self.max_steps - base, chunk_size=self.chunk_size,
+                                     next_stop=next_stop, on_unhealthy="warn", reference_lengths=self._start_lengths,
+                                     reported=self._reported):
+            self._time_elapsed += (base + chunk.done - self.nsteps) * self.dt
+            self.nsteps = base + chunk.done
+            self._state = chunk.state
             self._write_back()
             self.call_observers()
             self._reread(between_runs=False)
+            chunk.state = self._state
             yield self.nsteps == self.max_steps
 
-    def run(self, steps=50):
-        converged = steps == 0
-        for converged in self._irun(steps, per_step=False):
-            pass
-        return converged
-
-    def _next_event(self) -> int:
-        n = self.nsteps
+    def _next_event(self, n: int) -> int:
+        """The step (absolute) of the next observer event after ``n``, at most ``n + chunk_size``."""
         target = min(self.max_steps, n + self.chunk_size)
         for _, interval, _, _ in self.observers:
             if interval > 0:
@@ -468,122 +466,66 @@ class _JaxDynamics(IOContext):
                 target = min(target, nxt)
         return target
 
-    # -- state <-> atoms ------------------------------------------------------
-
-    def _model(self):
-        first = self._atoms_list[0]
-        calc = first.calc
-        for a in self._atoms_list[1:]:
-            if type(a.calc) is not type(calc):
-                raise ValueError("all Atoms of a replica list need the same kind of calculator")
-        if calc is None:
-            raise RuntimeError("The atoms have no calculator: set atoms.calc before running dynamics")
-        from jaxpto.calculator import JaxptoCalculator
-        if isinstance(calc, JaxptoCalculator):
-            return calc.model, "jaxpto"
-        twin = _jax_twin(calc)
-        if twin is not None:
-            return twin, "twin"
-        try:
-            efs = _torch_bridge_efs(calc)
-        except Exception as exc:  # an unusual model object, ...
-            warnings.warn(f"jaxpto.md: could not put {type(calc).__name__}'s model on the torch bridge "
-                          f"({type(exc).__name__}: {exc}); falling back to the callback", stacklevel=4)
-            efs = None
-        if efs is not None:
-            if any(_bridge_settings(a.calc) != _bridge_settings(calc) for a in self._atoms_list[1:]):
-                warnings.warn(f"jaxpto.md: the replicas' {type(calc).__name__}s do not share one model object "
-                              "and settings; falling back to the callback", stacklevel=4)
-                return None, "callback"
-            from bridges.torch_bridge import as_jax_model
-            return as_jax_model(efs, device=str(efs.device), dtype=efs.dtype), "bridge"
-        return None, "callback"
+    # -- model and state ------------------------------------------------------
 
     def _build(self):
+        from jaxpto.calculator import ase_callback_model
         from jaxpto.simulate import state_from_atoms
 
-        model, kind = self._model()
-        state = None
-        if kind == "twin":
-            try:
-                state, force_fn = state_from_atoms(self._atoms_list, model, seed=self.seed, dtype=self.dtype)
-                if not self._twin_agrees(state):
-                    state = None
-            except Exception:  # elements not covered, ...
-                state = None
-            if state is None:
-                kind = "callback"
-        elif kind == "bridge":
-            calc = self._atoms_list[0].calc
-            try:
-                state, force_fn = state_from_atoms(self._atoms_list, model, seed=self.seed, dtype=self.dtype)
-                why = self._bridge_disagreement(state)
-            except Exception as exc:  # elements not covered, ...
-                state, why = None, f"{type(exc).__name__}: {exc}"
-            if why is not None:
-                warnings.warn(f"jaxpto.md: the torch bridge of {type(calc).__name__}'s model does not reproduce the "
-                              f"calculator on the first configuration ({why}); falling back to the callback",
-                              stacklevel=3)
-                state = None
-                kind = "callback"
+        model, kind = _resolve_replicas(self._atoms_list)
+        state = force_fn = None
+        if kind in ("twin", "bridge", "native"):
+            state, force_fn, kind = _checked_state(self, model, kind)
         if kind == "callback":
             calc = self._atoms_list[0].calc
             warnings.warn(f"jaxpto.md: {type(calc).__name__} is not a JAX model; it is called on the host through "
                           "jax.pure_callback every step (correct but slower; use a JaxptoCalculator for speed)",
                           stacklevel=3)
-            template = self._atoms_list[0].copy()
-            model = callback_model(calc, template, self._needs_stress)
+            model = ase_callback_model([a.calc for a in self._atoms_list], self._atoms_list[0].copy(),
+                                       self._needs_stress)
         if state is None:
             state, force_fn = state_from_atoms(self._atoms_list, model, seed=self.seed, dtype=self.dtype)
+        _check_start(state, self._atoms_list)
         self.force_kind = kind
         self._model_obj = model
-        self._integrator = self._make_integrator(force_fn)
+        self._integrator_force_fn = force_fn
+        self._integrator = self._exchanging(self._make_integrator(force_fn))
         self._state = self._init_state(self._integrator, state)
+        # The blow-up rules compare with the box at the first run, and report a replica once per object.
+        self._start_lengths = np.linalg.norm(np.asarray(state.cell, dtype=float), axis=-1)
+        self._reported = set()
 
-    def _twin_agrees(self, state) -> bool:
-        a = self._atoms_list[0].copy()
-        a.calc = self._atoms_list[0].calc
-        e = a.get_potential_energy()
-        f = a.get_forces()
-        tol = 1e-8 if self.dtype == jnp.float64 else 1e-4
-        ej = float(state.energy[0])
-        fj = np.asarray(state.forces[0])
-        scale = max(1.0, np.abs(f).max())
-        return abs(ej - e) <= tol * max(1.0, abs(e)) and np.abs(fj - f).max() <= tol * scale
+    def _exchanging(self, integrator):
+        """With ``swap_interval``: temperature replica exchange between the replicas (see
+        :mod:`jaxpto.integrators.replica_exchange`); the Atoms of replica ``r`` then always hold the
+        configuration at temperature ``r``."""
+        if self.swap_interval is None:
+            return integrator
+        from jaxpto.integrators.replica_exchange import replica_exchange
+        return replica_exchange(integrator, self.swap_interval, seed=self.seed)
 
-    def _bridge_disagreement(self, state):
-        """None if the bridged model equals ``atoms.calc`` on replica 0 as the state holds it, else why not.
+    def _unwrapped_state(self):
+        """The state with the integrator's own variables (inside a replica-exchange wrapper's)."""
+        v = self._state.variables
+        return self._state.replace(variables=v.inner) if hasattr(v, "walker") and hasattr(v, "inner") else self._state
 
-        The calculator is evaluated on the state's own (possibly float32-rounded) positions and cell,
-        so only the models are compared. Tolerances: ``BRIDGE_E_TOL`` eV/atom, ``BRIDGE_F_TOL`` eV/A,
-        ``BRIDGE_S_TOL`` eV/A^3 (stress only for a periodic cell).
-        """
-        first = self._atoms_list[0]
-        a = first.copy()
-        a.set_cell(np.asarray(state.cell[0], dtype=float), scale_atoms=False)
-        a.set_positions(np.asarray(state.positions[0], dtype=float))
-        a.calc = first.calc
-        e = a.get_potential_energy()
-        f = a.get_forces()
-        n = len(a)
-        de = abs(float(state.energy[0]) - e) / n
-        df = float(np.abs(np.asarray(state.forces[0], dtype=float) - f).max()) if n else 0.0
-        problems = []
-        if not (de <= BRIDGE_E_TOL):
-            problems.append(f"|dE| = {de:.2e} eV/atom > {BRIDGE_E_TOL:g}")
-        if not (df <= BRIDGE_F_TOL):
-            problems.append(f"max |dF| = {df:.2e} eV/A > {BRIDGE_F_TOL:g}")
-        if a.cell.rank == 3 and all(a.pbc):
-            from ase.calculators.calculator import PropertyNotImplementedError
+    def get_exchange_statistics(self) -> dict:
+        """Replica exchange so far: acceptance per pair of neighbouring temperatures, the walker in
+        each replica's Atoms, round trips per walker and the mean round-trip time (ps)."""
+        from jaxpto.integrators.replica_exchange import exchange_statistics
+        if self.swap_interval is None:
+            raise RuntimeError("no replica exchange: give swap_interval= (steps) to the constructor")
+        if self._state is None:
+            self._build()
+        return exchange_statistics(self._state, self.dt)
 
-            try:
-                s = a.get_stress(voigt=False)
-            except PropertyNotImplementedError:  # e.g. a potential built without stress: nothing to compare
-                s = None
-            ds = 0.0 if s is None else float(np.abs(np.asarray(state.stress[0], dtype=float) - s).max())
-            if not (ds <= BRIDGE_S_TOL):
-                problems.append(f"max |dS| = {ds:.2e} eV/A^3 > {BRIDGE_S_TOL:g}")
-        return "; ".join(problems) if problems else None
+    def _set_parameters(self, **parameters):
+        """New per-replica parameters for the running state (no recompilation); before the first run
+        they are taken by ``_init_state`` from the attributes the caller already set."""
+        if self._state is not None:
+            self._state = self._integrator.set_parameters(self._state, **parameters)
+
+    # -- state <-> atoms ------------------------------------------------------
 
     def _write_back(self):
         s = self._state
@@ -593,33 +535,51 @@ class _JaxDynamics(IOContext):
         energy = np.asarray(s.energy, dtype=float)
         forces = np.asarray(s.forces, dtype=float)
         stress = np.asarray(s.stress, dtype=float)
-        if not np.all(np.isfinite(pos)):
-            bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=(1, 2))).tolist()
-            warnings.warn(f"replica(s) {bad} have non-finite positions after step {self.nsteps}; "
-                          "reduce the time step or check the starting structure")
+        finite = np.all(np.isfinite(pos), axis=(1, 2))
         written = []
         for r, a in enumerate(self._atoms_list):
             a.set_cell(cell[r], scale_atoms=False)
             a.set_positions(pos[r], apply_constraint=False)
             a.set_momenta(mom[r], apply_constraint=False)
-            results = {"energy": float(energy[r]), "free_energy": float(energy[r]), "forces": forces[r].copy()}
-            if a.cell.rank == 3 and all(a.pbc):
-                results["stress"] = full_3x3_to_voigt_6_stress(stress[r])
-            calc = a.calc
-            if isinstance(calc, BaseCalculator) and hasattr(calc, "results"):
-                calc.atoms = a.copy()
-                calc.results = results
-            else:
-                a.calc = SinglePointCalculator(a, **results)
+            self._set_results(a, energy[r], forces[r], stress[r], finite[r])
             written.append((a.positions.copy(), a.get_momenta().copy(), a.cell.array.copy()))
         self._written = written
+
+    @staticmethod
+    def _set_results(a, energy, forces, stress, finite):
+        """The simulated results in ``a.calc``'s cache.
+
+        A replica whose coordinates are not finite gets a :class:`NonFiniteStateCalculator` holding
+        NaN results (the model's numbers at NaN positions mean nothing, and ASE's own calculators
+        would recompute at NaN positions, since NaN != NaN reads as "the atoms changed", and some
+        return finite garbage); it hands back to the user's calculator once the coordinates are
+        finite again.
+        """
+        calc = a.calc
+        if isinstance(calc, NonFiniteStateCalculator):
+            calc = calc.calculator
+        if not finite:
+            results = {"energy": np.nan, "free_energy": np.nan, "forces": np.full_like(forces, np.nan)}
+            if all(a.pbc):
+                results["stress"] = np.full(6, np.nan)
+            a.calc = NonFiniteStateCalculator(a, calc, **results)
+            return
+        a.calc = calc
+        results = {"energy": float(energy), "free_energy": float(energy), "forces": forces.copy()}
+        if a.cell.rank == 3 and all(a.pbc):
+            results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        if isinstance(calc, BaseCalculator) and hasattr(calc, "results"):
+            calc.atoms = a.copy()
+            calc.results = results
+        else:
+            a.calc = SinglePointCalculator(a, **results)
 
     def _changes(self):
         pos_changed = mom_changed = False
         for a, (p, m, c) in zip(self._atoms_list, self._written):
-            if not (np.array_equal(a.positions, p) and np.array_equal(a.cell.array, c)):
+            if not (_same(a.positions, p) and _same(a.cell.array, c)):
                 pos_changed = True
-            if not np.array_equal(a.get_momenta(), m):
+            if not _same(a.get_momenta(), m):
                 mom_changed = True
         return pos_changed, mom_changed
 
@@ -640,18 +600,11 @@ class _JaxDynamics(IOContext):
             return
         s = self._state
         dt = s.positions.dtype
-        mom = jnp.asarray(np.stack([a.get_momenta() for a in self._atoms_list]), dt)
-        s = s.replace(momenta=mom)
+        s = s.replace(momenta=jnp.asarray(np.stack([a.get_momenta() for a in self._atoms_list]), dt))
         if pos_changed:
-            pos = jnp.asarray(np.stack([a.positions for a in self._atoms_list]), dt)
-            cell = jnp.asarray(np.stack([a.cell.array for a in self._atoms_list]), dt)
-            s = s.replace(positions=pos, cell=cell)
-            force_fn = self._integrator_force_fn
-            new = _evaluate_jit(s, force_fn)
-            if new.neighbors is not None and bool(jnp.any(new.neighbors.did_overflow)):
-                s = s.replace(neighbors=nl.reallocate(s.neighbors, pos, cell))
-                new = _evaluate_jit(s, force_fn)
-            s = new
+            s = s.replace(positions=jnp.asarray(np.stack([a.positions for a in self._atoms_list]), dt),
+                          cell=jnp.asarray(np.stack([a.cell.array for a in self._atoms_list]), dt))
+            s = simulate.refresh_forces(s, self._integrator_force_fn)
         self._state = s
         if pos_changed:
             self._write_back()  # the calculator cache now holds the new forces
@@ -678,7 +631,6 @@ def _temperature_K(temperature, temperature_K, orig_unit):
         return np.asarray(temperature_K, float)
     return process_temperature(temperature, temperature_K, orig_unit)
 
-
 # ---------------------------------------------------------------------------
 # The classes
 # ---------------------------------------------------------------------------
@@ -698,7 +650,6 @@ class VelocityVerlet(_JaxDynamics):
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.verlet import velocity_verlet
-        self._integrator_force_fn = force_fn
         return velocity_verlet(force_fn, self.dt)
 
     def _init_state(self, integrator, state):
@@ -710,7 +661,7 @@ class Langevin(_JaxDynamics):
 
     def __init__(self, atoms, timestep, temperature=None, friction=None, fixcm=True, *, temperature_K=None,
                  rng=None, trajectory=None, logfile=None, loginterval=1, append_trajectory=False, dtype=None,
-                 seed=None):
+                 seed=None, swap_interval=None):
         if friction is None:
             raise TypeError("Missing 'friction' argument.")
         self.fr = friction
@@ -718,7 +669,7 @@ class Langevin(_JaxDynamics):
         self.temp = units.kB * np.asarray(self.temp_K)
         self.fix_com = fixcm
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng, swap_interval=swap_interval)
 
     def todict(self):
         d = super().todict()
@@ -727,37 +678,33 @@ class Langevin(_JaxDynamics):
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.langevin import langevin
-        self._integrator_force_fn = force_fn
         return langevin(force_fn, self.dt, fixcm=self.fix_com)
 
     def _init_state(self, integrator, state):
         return integrator.init(state, temperature_K=self.temp_K, friction=self.fr)
 
-    def _refresh(self):
-        # New constants for the running state; its PRNG keys and dynamics carry on.
-        if self._state is not None:
-            self._integrator = self._make_integrator(self._integrator_force_fn)
-            self._state = self._init_state(self._integrator, self._state)
-
     def set_timestep(self, timestep):
+        # dt is a constant of the compiled step: a new one builds (and compiles) a new program.
         self.dt = float(timestep)
-        self._refresh()
+        if self._state is not None:
+            self._integrator = self._exchanging(self._make_integrator(self._integrator_force_fn))
 
     def set_friction(self, friction):
         self.fr = friction
-        self._refresh()
+        self._set_parameters(friction=friction)
 
     def set_temperature(self, temperature=None, temperature_K=None):
         self.temp_K = _temperature_K(temperature, temperature_K, "eV")
         self.temp = units.kB * np.asarray(self.temp_K)
-        self._refresh()
+        self._set_parameters(temperature_K=self.temp_K)
 
 
 class Bussi(_JaxDynamics):
     """Bussi velocity rescaling, as ``ase.md.bussi.Bussi`` (jaxpto's own PRNG: ``seed=``; ``rng`` only seeds it)."""
 
     def __init__(self, atoms, timestep, temperature_K, taut, rng=None, *, trajectory=None, logfile=None,
-                 loginterval=1, append_trajectory=False, dtype=None, seed=None):
+                 loginterval=1, append_trajectory=False, dtype=None, seed=None,
+                 swap_interval=None):
         self.temp_K = temperature_K
         self.taut = taut
         atoms_list = [atoms] if not isinstance(atoms, (list, tuple)) else list(atoms)
@@ -766,7 +713,7 @@ class Bussi(_JaxDynamics):
                 raise ValueError("Initial kinetic energy is zero. Please set the initial velocities before "
                                  "running Bussi NVT.")
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, rng=rng, swap_interval=swap_interval)
         # ASE's public attributes (same order of operations, ASE's test compares with ==).
         self.temp = temperature_K * units.kB if np.ndim(temperature_K) == 0 else units.kB * np.asarray(temperature_K)
         self.ndof = atoms_list[0].get_number_of_degrees_of_freedom()
@@ -774,7 +721,6 @@ class Bussi(_JaxDynamics):
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.bussi import bussi
-        self._integrator_force_fn = force_fn
         return bussi(force_fn, self.dt)
 
     def _init_state(self, integrator, state):
@@ -782,7 +728,7 @@ class Bussi(_JaxDynamics):
 
     @property
     def transferred_energy(self):
-        v = self._state.integrator.transferred_energy if self._state is not None else np.zeros(1)
+        v = self._unwrapped_state().variables.transferred_energy if self._state is not None else np.zeros(1)
         v = np.asarray(v, float)
         return float(v[0]) if self._single else v
 
@@ -793,14 +739,14 @@ class NoseHooverChainNVT(_JaxDynamics):
     _honours_changes = False
 
     def __init__(self, atoms, timestep, temperature_K, tdamp, tchain=3, tloop=1, *, trajectory=None,
-                 logfile=None, loginterval=1, append_trajectory=False, dtype=None, seed=None):
+                 logfile=None, loginterval=1, append_trajectory=False, dtype=None, seed=None,
+                 swap_interval=None):
         self.temperature_K, self.tdamp, self.tchain, self.tloop = temperature_K, tdamp, tchain, tloop
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, swap_interval=swap_interval)
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.nose_hoover_chain import nose_hoover_chain_nvt
-        self._integrator_force_fn = force_fn
         return nose_hoover_chain_nvt(force_fn, self.dt, tchain=self.tchain, tloop=self.tloop)
 
     def _init_state(self, integrator, state):
@@ -810,7 +756,7 @@ class NoseHooverChainNVT(_JaxDynamics):
         from jaxpto.integrators.nose_hoover_chain import nhc_conserved_energy
         if self._state is None:
             self._build()
-        return _scalar_or_list(nhc_conserved_energy(self._state), self._single)
+        return _scalar_or_list(nhc_conserved_energy(self._unwrapped_state()), self._single)
 
 
 class MTKNPT(_JaxDynamics):
@@ -822,15 +768,14 @@ class MTKNPT(_JaxDynamics):
 
     def __init__(self, atoms, timestep, temperature_K, pressure_au, tdamp, pdamp, tchain=3, pchain=3, tloop=1,
                  ploop=1, *, trajectory=None, logfile=None, loginterval=1, append_trajectory=False, dtype=None,
-                 seed=None):
+                 seed=None, swap_interval=None):
         self.temperature_K, self.pressure_au, self.tdamp, self.pdamp = temperature_K, pressure_au, tdamp, pdamp
         self.tchain, self.pchain, self.tloop, self.ploop = tchain, pchain, tloop, ploop
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, swap_interval=swap_interval)
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.mtk import mtk_npt
-        self._integrator_force_fn = force_fn
         return mtk_npt(force_fn, self.dt, tchain=self.tchain, pchain=self.pchain, tloop=self.tloop,
                        ploop=self.ploop, mask=self._mask)
 
@@ -842,7 +787,7 @@ class MTKNPT(_JaxDynamics):
         from jaxpto.integrators.mtk import mtk_conserved_energy
         if self._state is None:
             self._build()
-        return _scalar_or_list(mtk_conserved_energy(self._state), self._single)
+        return _scalar_or_list(mtk_conserved_energy(self._unwrapped_state()), self._single)
 
 
 class MaskedMTKNPT(MTKNPT):
@@ -864,7 +809,6 @@ class IsotropicMTKNPT(MTKNPT):
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.mtk import isotropic_mtk_npt
-        self._integrator_force_fn = force_fn
         return isotropic_mtk_npt(force_fn, self.dt, tchain=self.tchain, pchain=self.pchain, tloop=self.tloop,
                                  ploop=self.ploop)
 
@@ -881,9 +825,10 @@ class MelchionnaNPT(_JaxDynamics):
 
     def __init__(self, atoms, timestep, temperature=None, externalstress=None, ttime=None, pfactor=None, *,
                  temperature_K=None, mask=None, trajectory=None, logfile=None, loginterval=1,
-                 append_trajectory=False, dtype=None, seed=None):
+                 append_trajectory=False, dtype=None, seed=None,
+                 swap_interval=None):
         super().__init__(atoms, timestep, trajectory=trajectory, logfile=logfile, loginterval=loginterval,
-                         append_trajectory=append_trajectory, dtype=dtype, seed=seed)
+                         append_trajectory=append_trajectory, dtype=dtype, seed=seed, swap_interval=swap_interval)
         if externalstress is None and pfactor is not None:
             raise TypeError("Missing 'externalstress' argument.")
         for a in self._atoms_list:
@@ -897,6 +842,18 @@ class MelchionnaNPT(_JaxDynamics):
         self.mask = mask
         self.frac_traceless = 1
 
+    def set_temperature(self, temperature=None, *, temperature_K=None):
+        """As ASE: the new temperature (K; ``temperature`` in eV is deprecated) also recomputes the
+        barostat constant with the current cell. Between runs: no recompilation."""
+        self.temperature_K = _temperature_K(temperature, temperature_K, "eV")
+        self.temperature = units.kB * np.asarray(self.temperature_K)
+        self._set_parameters(temperature_K=self.temperature_K)
+
+    def set_stress(self, stress):
+        """As ASE: a pressure, a Voigt 6-vector or a symmetric 3x3 (eV/A^3, ASE sign); per replica too."""
+        self.externalstress = stress
+        self._set_parameters(externalstress=stress)
+
     def set_fraction_traceless(self, fracTraceless):
         if self._state is not None:
             raise RuntimeError("jaxpto.md: set_fraction_traceless must be called before the first run")
@@ -907,7 +864,6 @@ class MelchionnaNPT(_JaxDynamics):
 
     def _make_integrator(self, force_fn):
         from jaxpto.integrators.melchionna import melchionna_npt
-        self._integrator_force_fn = force_fn
         return melchionna_npt(force_fn, self.dt, mask=self.mask, frac_traceless=self.frac_traceless)
 
     def _init_state(self, integrator, state):
@@ -919,7 +875,7 @@ class MelchionnaNPT(_JaxDynamics):
         from jaxpto.integrators.melchionna import melchionna_gibbs_energy
         if self._state is None:
             self._build()
-        return _scalar_or_list(melchionna_gibbs_energy(self._state), self._single)
+        return _scalar_or_list(melchionna_gibbs_energy(self._unwrapped_state()), self._single)
 
 
 class NPT(MelchionnaNPT):

@@ -36,6 +36,7 @@ class ModelOutput:
 
 
 ComputeFn = Callable[[jax.Array, jax.Array, jax.Array, Any], ModelOutput]
+SiteEnergyFn = Callable[[jax.Array, jax.Array, jax.Array, Any], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,12 +55,35 @@ class Model:
         Atomic numbers the model covers, or ``None`` if it covers every element.
     name:
         Human-readable name, used in logs and results.
+    site_energies:
+        Optional. ``site_energies(positions [R,N,3], cell [R,3,3], numbers [N], neighbors) ->
+        [R, N]`` per-atom energies in eV whose sum over atoms is ``compute``'s energy. Only
+        needed where a subset of the atoms' energies counts: a LAMMPS rank sums the energies
+        of the atoms it owns (:mod:`jaxpto.workflows.lammps_export`). A site energy must be
+        *local*: it depends only on positions reached through the neighbour list within
+        ``receptive_hops`` hops of the atom (no global quantity such as the composition).
+    receptive_hops:
+        Required with ``site_energies``: how many neighbour-list hops reach an atom's site
+        energy, i.e. positions up to ``receptive_hops * cutoff`` away can change it. 1 for pair
+        and embedded-atom potentials (EMT), the number of message-passing layers for a graph
+        network.
     """
 
     compute: ComputeFn
     cutoff: float
     elements: frozenset[int] | None = None
     name: str = "model"
+    site_energies: SiteEnergyFn | None = None
+    receptive_hops: int | None = None
+
+    def __post_init__(self):
+        if self.site_energies is not None:
+            hops = self.receptive_hops
+            if hops is None or int(hops) != hops or hops < 1:
+                raise ValueError(
+                    f"model {self.name!r} gives site_energies but receptive_hops={hops!r}; give the "
+                    "number of neighbour-list hops that reach a site energy (1 for pair and EMT-like "
+                    "potentials, the number of message-passing layers for a graph network)")
 
     def __call__(self, positions, cell, numbers, neighbors) -> ModelOutput:
         return self.compute(positions, cell, numbers, neighbors)
@@ -72,7 +96,8 @@ class Model:
 
         missing = sorted({int(z) for z in numbers} - set(self.elements))
         if missing:
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" if 0 <= z < len(chemical_symbols) else
+                              f"Z={z} (not an element)" for z in missing)
             covered = ", ".join(chemical_symbols[z] for z in sorted(self.elements))
             raise ValueError(
                 f"model {self.name!r} does not cover {names}; it covers: {covered}. "
@@ -138,3 +163,25 @@ def energy_model(
         elements=None if elements is None else frozenset(int(z) for z in elements),
         name=name,
     )
+
+
+def site_energy_model(
+    site_energy_fn: Callable[..., jax.Array],
+    cutoff: float,
+    *,
+    receptive_hops: int,
+    elements: Iterable[int] | None = None,
+    name: str = "jax-model",
+) -> Model:
+    """Like :func:`energy_model`, from per-atom energies ``E = sum_i e_i``.
+
+    ``site_energy_fn(positions [N,3], cell [3,3], numbers [N], neighbors_for_one_replica)``
+    returns ``e_i`` [N] in eV. Forces and stress come from autodiff of the sum; the model also
+    carries ``site_energies`` (vmapped) and ``receptive_hops`` (see :class:`Model`).
+    """
+    base = energy_model(lambda *a: jnp.sum(site_energy_fn(*a)), cutoff, elements, name)
+
+    def site_energies(positions, cell, numbers, neighbors):
+        return jax.vmap(site_energy_fn, in_axes=(0, 0, None, 0))(positions, cell, numbers, neighbors)
+
+    return dataclasses.replace(base, site_energies=site_energies, receptive_hops=int(receptive_hops))

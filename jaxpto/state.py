@@ -39,7 +39,8 @@ class MDState:
     neighbors: Any  # NeighborList for the model's cutoff, or None
     key: jax.Array  # [R, 2] uint32 PRNG keys, one stream per replica
     step: jax.Array  # [] int32, steps taken
-    integrator: Any = None  # integrator-specific variables and per-replica parameters
+    variables: Any = None  # the integrator's variables and per-replica parameters (e.g. LangevinVariables)
+    active: Any = None  # [R] bool (None: all running): replicas stopped by the driver hold still
 
     @property
     def n_replicas(self) -> int:
@@ -95,13 +96,14 @@ ForceFn = Callable[[jax.Array, jax.Array, Any], tuple[ModelOutput, Any]]
 
 
 @functools.lru_cache(maxsize=128)
-def make_force_fn(model: Model, numbers: tuple[int, ...]) -> ForceFn:
+def make_force_fn(model: Model, numbers: tuple[int, ...], mesh=None) -> ForceFn:
     """Return ``force_fn(positions, cell, neighbors) -> (ModelOutput, neighbors)``.
 
     The neighbour list (if any) is refreshed on the device when atoms moved more
     than half the skin; overflow is recorded in the list, never silently dropped.
-    Cached per (model, atomic numbers), so integrators built from the same model
-    and system share one compiled program.
+    Cached per (model, atomic numbers, mesh), so integrators built from the same model
+    and system share one compiled program. With a replica ``mesh`` the list update and the model
+    call run per shard (:func:`jaxpto.sharding.sharded_force_fn`).
     """
     numbers = np.asarray(numbers, dtype=np.int32)
 
@@ -111,6 +113,10 @@ def make_force_fn(model: Model, numbers: tuple[int, ...]) -> ForceFn:
         out = model(positions, cell, numbers, neighbors)
         return out, neighbors
 
+    if mesh is not None:
+        from jaxpto.sharding import sharded_force_fn
+
+        return sharded_force_fn(force_fn, mesh)
     return force_fn
 
 
@@ -160,12 +166,15 @@ def create_state(
     dtype=None,
     neighbor_capacity_factor: float = 1.3,
     pbc=(True, True, True),
+    devices=None,
 ) -> tuple[MDState, ForceFn]:
     """Build the initial :class:`MDState` (with energy/forces/stress) and its force function.
 
     ``positions`` [R,N,3] or [N,3]; ``cell`` [R,3,3] or [3,3]; ``numbers``, ``masses`` [N];
     ``momenta`` like ``positions`` (zeros if None). ``dtype`` defaults to float64
-    when ``jax_enable_x64`` is on, else float32. Validates input before anything runs.
+    when ``jax_enable_x64`` is on, else float32. ``devices`` (None: one device; an int, a list
+    or ``"all"``) shards the replicas over devices (:mod:`jaxpto.sharding`).
+    Validates input before anything runs.
     """
     from jaxpto.validation import check_system
 
@@ -193,8 +202,15 @@ def create_state(
         neighbors=neighbors,
         key=keys,
         step=jnp.zeros((), jnp.int32),
+        active=jnp.ones((R,), bool),
     )
-    force_fn = make_force_fn(model, tuple(int(z) for z in numbers))
+    mesh = None
+    if devices is not None:
+        from jaxpto.sharding import replica_mesh, shard_state
+
+        mesh = replica_mesh(R, devices)
+        state = shard_state(state, mesh)
+    force_fn = make_force_fn(model, tuple(int(z) for z in numbers), mesh)
     state = _evaluate_jit(state, force_fn)
     return state, force_fn
 
@@ -207,8 +223,28 @@ def default_dtype():
     return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.float32)
 
 
+def _per_replica_fields(state: MDState) -> dict:
+    """Every per-replica part of the state (leading axis ``R``): all but ``masses``, ``numbers``, ``step``."""
+    return dict(positions=state.positions, momenta=state.momenta, cell=state.cell, energy=state.energy,
+                forces=state.forces, stress=state.stress, key=state.key, neighbors=state.neighbors,
+                variables=state.variables, active=state.active)
+
+
+def _map_replicas(fn, state: MDState, *others: MDState) -> MDState:
+    """``state`` with ``fn(leaf, *other_leaves)`` applied to every per-replica leaf."""
+    fields = _per_replica_fields(state)
+    rest = [_per_replica_fields(o) for o in others]
+    new = {}
+    for name, value in fields.items():
+        if value is None:
+            new[name] = None
+            continue
+        new[name] = jax.tree_util.tree_map(fn, value, *[r[name] for r in rest])
+    return state.replace(**new)
+
+
 def take_replicas(state: MDState, keep) -> MDState:
-    """The state of the replicas ``keep`` (indices or a boolean mask), e.g. to drop one that blew up.
+    """The state of the replicas ``keep`` (indices or a boolean mask), e.g. to split a batch.
 
     Every array of the state is per replica (leading axis ``R``) except ``masses``, ``numbers``
     and ``step``; this holds for the neighbour list and for every integrator's variables and
@@ -228,9 +264,37 @@ def take_replicas(state: MDState, keep) -> MDState:
                              f"expected leading axis {R}")
         return jnp.asarray(leaf)[idx]
 
-    per = dict(positions=state.positions, momenta=state.momenta, cell=state.cell, energy=state.energy,
-               forces=state.forces, stress=state.stress, key=state.key)
-    new = {k: take(v) for k, v in per.items()}
-    new["neighbors"] = None if state.neighbors is None else jax.tree_util.tree_map(take, state.neighbors)
-    new["integrator"] = None if state.integrator is None else jax.tree_util.tree_map(take, state.integrator)
-    return state.replace(**new)
+    return _map_replicas(take, state)
+
+
+def select_replicas(where, new: MDState, old: MDState) -> MDState:
+    """Per replica: ``new`` where ``where`` ([R] bool) is True, else ``old`` (same shapes; jit-able).
+
+    The neighbour list is taken from ``new`` for every replica when its shapes differ from
+    ``old``'s (a re-allocation); it is valid for the positions it was built with either way.
+    """
+    where = jnp.asarray(where)
+
+    def pick(a, b):
+        if a.shape != b.shape:
+            return a
+        return jnp.where(where.reshape(where.shape + (1,) * (a.ndim - 1)), a, b)
+
+    if jax.tree_util.tree_structure(new.neighbors) != jax.tree_util.tree_structure(old.neighbors) or any(
+            x.shape != y.shape for x, y in zip(jax.tree_util.tree_leaves(new.neighbors),
+                                              jax.tree_util.tree_leaves(old.neighbors))):
+        old = old.replace(neighbors=new.neighbors)
+    return _map_replicas(pick, new, old)
+
+
+def hold_stopped(new: MDState, old: MDState) -> MDState:
+    """One step's result with the stopped replicas (``old.active`` False) held at ``old`` (jit-able).
+
+    The neighbour list is left as ``new`` has it: a stopped replica does not move, so a rebuild
+    triggered by the others stays valid for it. Its forces are still computed (the batch keeps
+    its shape: nothing recompiles), and thrown away.
+    """
+    if old.active is None:
+        return new
+    held = select_replicas(old.active, new, old.replace(neighbors=new.neighbors))
+    return held.replace(step=new.step)

@@ -33,6 +33,7 @@ def check_system(positions, cell, numbers, masses, momenta=None):
     numbers = np.asarray(numbers)
     if numbers.shape != (N,):
         raise ValueError(f"numbers must have shape [N] = [{N}] (one atomic number per atom), got {numbers.shape}")
+    check_atomic_numbers(numbers)
     masses = np.asarray(masses, dtype=float)
     if masses.shape != (N,):
         raise ValueError(f"masses must have shape [N] = [{N}], got {masses.shape}")
@@ -63,3 +64,11 @@ def check_same_atoms(atoms_list):
             raise ValueError(f"replica {k} has pbc={a.pbc.tolist()} but replica 0 has {first.pbc.tolist()}")
         if not np.allclose(a.get_masses(), first.get_masses()):
             raise ValueError(f"replica {k} has different masses than replica 0")
+
+
+def check_atomic_numbers(numbers, what: str = "the system") -> None:
+    """Atomic numbers must be elements, 1-118 (0, ASE's ghost atom 'X', is allowed), or a clear error."""
+    numbers = np.asarray(numbers)
+    bad = sorted({int(z) for z in numbers[(numbers < 0) | (numbers > 118)]})
+    if bad:
+        raise ValueError(f"atomic number(s) {bad[:10]} of {what} are not elements (1-118); fix atoms.numbers")

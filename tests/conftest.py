@@ -69,13 +69,7 @@ def _release_compiled_programs():
 
     from jaxpto import simulate, state
 
-    simulate._chunk_fn.cache_clear()
+    simulate._chunk_program.cache_clear()
     state.make_force_fn.cache_clear()
-    try:
-        from jaxpto import md
-
-        md.chunk_program.cache_clear()
-    except (ImportError, AttributeError):
-        pass
     jax.clear_caches()
     gc.collect()

@@ -11,6 +11,7 @@ from ase.io import Trajectory, read
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 import jaxpto.md as jmd
+from jaxpto import simulate
 from jaxpto.calculator import JaxptoCalculator
 
 
@@ -242,12 +243,12 @@ def test_repeated_runs_do_not_recompile(lj_model):
     seen = []
     dyn.attach(lambda: seen.append(atoms.get_potential_energy()), interval=5)
     dyn.run(5)
-    misses = jmd.chunk_program.cache_info().misses
-    program = jmd.chunk_program(dyn._integrator.step)
+    misses = simulate._chunk_program.cache_info().misses
+    program = simulate.chunk_program(dyn._integrator.step)  # the driver's program (no recorder)
     assert program._cache_size() == 1
     for n in (5, 5, 5, 5, 1, 7, 3):  # repeated run(5), and other lengths: still one compiled program
         dyn.run(n)
-    assert jmd.chunk_program.cache_info().misses == misses
+    assert simulate._chunk_program.cache_info().misses == misses
     assert program._cache_size() == 1
     assert dyn.nsteps == 36 and len(seen) == 8
 

@@ -8,9 +8,6 @@ float64 evaluation by ~3e-5 eV/A in the forces).
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
 
@@ -18,42 +15,16 @@ import torch  # noqa: E402  (a core dependency)
 import chgnet  # noqa: E402,F401  (installed by the test extra)
 
 
+import bridge_harness as h
 from bridges.chgnet import build_graph, load  # noqa: E402
-from jaxpto import neighbors as nb  # noqa: E402
+from bridge_harness import call_efs as call
+from bridge_harness import engine_edges, quiet, reference
 from _pbtio3_cells import pbtio3, supercell, triclinic
 
-E_TOL = 1e-5  # eV/atom
-F_TOL = 1e-4  # eV/A
-S_TOL = 1e-5  # eV/A^3
-
+TOL = h.FLOAT32  # 1e-5 eV/atom, 1e-4 eV/A, 1e-5 eV/A^3
+E_TOL, F_TOL, S_TOL = TOL
 
 CELLS = {"unit5": pbtio3, "supercell40": supercell, "triclinic10": triclinic}
-
-
-def engine_edges(atoms_list, cutoff, skin=1.0):
-    """Torch contract inputs from jaxpto's neighbour list (allocate + as_pairs)."""
-    pos = np.stack([a.positions for a in atoms_list])
-    cell = np.stack([np.asarray(a.cell) for a in atoms_list])
-    nbrs = nb.allocate(pos, cell, cutoff, skin=skin)
-    i, j, shifts, mask = nb.as_pairs(nbrs)
-
-    def t(x):
-        return torch.from_numpy(np.array(x))
-
-    return dict(positions=t(pos), cell=t(cell), numbers=torch.tensor(atoms_list[0].numbers, dtype=torch.int64),
-                edge_src=t(i).long(), edge_dst=t(j).long(), edge_shift=t(shifts), edge_mask=t(mask))
-
-
-def call(efs, atoms_list, skin=1.0):
-    e = engine_edges(atoms_list, efs.cutoff, skin)
-    energy, forces, stress = efs(e["positions"], e["cell"], e["numbers"], e["edge_src"], e["edge_dst"],
-                                 e["edge_shift"], e["edge_mask"])
-    return energy.double().numpy(), forces.double().numpy(), stress.double().numpy()
-
-
-def quiet(fn, *args, **kw):
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -68,23 +39,10 @@ def calc():
     return quiet(CHGNetCalculator, use_device="cpu")
 
 
-def reference(calc, atoms):
-    atoms = atoms.copy()
-    atoms.calc = calc
-    return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
-
-
 @pytest.mark.parametrize("cell_name", list(CELLS))
 def test_matches_chgnet_calculator(efs, calc, cell_name):
-    atoms = CELLS[cell_name]()
-    e_ref, f_ref, s_ref = reference(calc, atoms)
-    energy, forces, stress = call(efs, [atoms])
-    n = len(atoms)
-    assert energy.shape == (1,) and forces.shape == (1, n, 3) and stress.shape == (1, 3, 3)
-    assert abs(energy[0] - e_ref) / n < E_TOL
-    assert np.abs(forces[0] - f_ref).max() < F_TOL
-    assert np.abs(stress[0] - s_ref).max() < S_TOL
-    assert np.abs(s_ref).max() > 1e-3  # the cells are stressed: the comparison means something
+    # (the cells are stressed: the comparison means something)
+    h.assert_efs_agrees(efs, calc, CELLS[cell_name](), TOL, cell_name)
 
 
 def _edge_key(i, j, img):
@@ -144,20 +102,8 @@ def test_skin_does_not_change_the_graph(efs):
 
 
 def test_batched_replicas_equal_single_calls(efs):
-    base = supercell(3)
-    reps = [base.copy() for _ in range(3)]
-    reps[1].positions += np.random.default_rng(7).normal(0.0, 0.05, base.positions.shape)
-    reps[2].set_cell(np.asarray(base.cell) @ (np.eye(3) + [[0.01, 0.02, 0.0], [0.0, -0.01, 0.03],
-                                                            [0.02, 0.0, 0.02]]), scale_atoms=True)
-    energy, forces, stress = call(efs, reps)
-    assert energy.shape == (3,) and forces.shape == (3, len(base), 3) and stress.shape == (3, 3, 3)
-    n = len(base)
-    for r, atoms in enumerate(reps):
-        e1, f1, s1 = call(efs, [atoms])
-        assert abs(energy[r] - e1[0]) / n < 1e-6
-        assert np.abs(forces[r] - f1[0]).max() < 1e-5
-        assert np.abs(stress[r] - s1[0]).max() < 1e-6
-    assert len({round(float(x), 4) for x in energy}) == 3  # the replicas really differ
+    h.assert_batched_equals_single(lambda s: call(efs, s), h.three_structures(supercell(3)),
+                                   h.Tolerance(1e-6, 1e-5, 1e-6), distinct_digits=4)
 
 
 @pytest.mark.parametrize("name,chgnet_name", [("chgnet-0.2.0", "0.2.0"), ("chgnet-r2scan", "r2scan")])
@@ -201,7 +147,7 @@ def test_errors(efs):
     mask.view(-1)[int(g.edge_index[0])] = False
     with pytest.raises(ValueError, match="full list"):
         build_graph(e["positions"], e["cell"], e["edge_src"], e["edge_dst"], e["edge_shift"], mask,
-                    atom_graph_cutoff=6.0, bond_graph_cutoff=3.0)
+                    bond_graph_cutoff=3.0)
 
 
 # ----------------------------------------------------------------------------- through the JAX bridge
@@ -214,22 +160,16 @@ def _bridge():
 
 
 def test_through_jax_bridge_in_jit(efs, calc):
-    import jax
-
     as_jax_model = _bridge()
     model = as_jax_model(efs)
     assert model.cutoff == 6.0 and model.name == "chgnet-0.3.0"
     atoms = supercell(0)
-    e_ref, f_ref, s_ref = reference(calc, atoms)
-    pos = np.asarray(atoms.positions)[None]
-    cell = np.asarray(atoms.cell)[None]
-    nbrs = nb.allocate(pos, cell, model.cutoff, skin=1.0)
-    numbers = np.asarray(atoms.numbers)
-    out = jax.jit(lambda p, c, n: model(p, c, numbers, n))(pos, cell, nbrs)
+    e, f, s = h.evaluate(model, [atoms])
     n = len(atoms)
-    assert abs(float(out.energy[0]) - e_ref) / n < E_TOL
-    assert np.abs(np.asarray(out.forces[0]) - f_ref).max() < F_TOL
-    assert np.abs(np.asarray(out.stress[0]) - s_ref).max() < S_TOL
+    e_ref, f_ref, s_ref = reference(calc, atoms)
+    assert abs(float(e[0]) - e_ref) / n < E_TOL
+    assert np.abs(f[0] - f_ref).max() < F_TOL
+    assert np.abs(s[0] - s_ref).max() < S_TOL
 
 
 def test_registry_loads_chgnet():
@@ -244,38 +184,14 @@ def test_registry_loads_chgnet():
 def test_nve_conserves_energy_like_ase(efs, calc):
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet as AseVelocityVerlet
 
-    from jaxpto.integrators.verlet import velocity_verlet
-    from jaxpto.simulate import run, state_from_atoms
-    from jaxpto.state import kinetic_energy
-
-    as_jax_model = _bridge()
-    model = as_jax_model(efs)
     atoms = pbtio3().repeat((2, 1, 1))
     atoms.positions += np.random.default_rng(11).normal(0.0, 0.03, atoms.positions.shape)
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(12))
-    dt, steps = 2.0 * units.fs, 50
-
-    ase_atoms = atoms.copy()
-    ase_atoms.calc = calc
-    ase_etot = []
-    dyn = AseVelocityVerlet(ase_atoms, dt)
-    dyn.attach(lambda: ase_etot.append(ase_atoms.get_total_energy()), interval=1)
-    dyn.run(steps)
-    ase_drift = np.ptp(ase_etot)
-
-    state, force_fn = state_from_atoms(atoms, model)
-    integ = velocity_verlet(force_fn, dt)
-    state = integ.init(state)
-    e0 = float(state.energy[0] + kinetic_energy(state.momenta, state.masses)[0])
-    state, etot = run(integ, state, steps, record_fn=lambda s: s.energy + kinetic_energy(s.momenta, s.masses))
-    etot = np.concatenate([[e0], np.asarray(etot)[:, 0]])
-    jax_drift = np.ptp(etot)
-    assert np.all(np.isfinite(etot))
-    assert abs(etot[0] - ase_etot[0]) < 1e-3
+    run = h.nve_against_ase(_bridge()(efs), calc, atoms, 50, 2.0 * units.fs)
+    run.report("CHGNet 0.3.0, 2 fs")
+    assert abs(run.jax_energy[0] - run.ase_energy[0]) < 1e-3
     # Same trajectory start, same model: fluctuations of the total energy of the same size.
-    print(f"NVE {steps} steps: ptp(E_tot) jaxpto {jax_drift:.2e} eV, ASE {ase_drift:.2e} eV")
-    assert jax_drift < max(3.0 * ase_drift, 2e-3), (jax_drift, ase_drift)
+    assert run.spread("jax") < max(3.0 * run.spread("ase"), 2e-3), (run.spread("jax"), run.spread("ase"))
     # And the trajectories agree for this short run.
-    assert np.abs(np.asarray(state.positions[0]) - ase_atoms.positions).max() < 1e-3
+    assert np.abs(run.jax_positions - run.ase_positions).max() < 1e-3

@@ -35,10 +35,8 @@ a message-passing one (DPA-2) agree too; uncovered elements and unsupported file
 errors; a pretrained name fails fast without network (the network is never touched here).
 """
 
-import time
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,22 +45,21 @@ from ase import units
 import torch
 import deepmd  # noqa: F401  (installed by the deepmd extra)
 
+import bridge_harness as h
 import jaxpto  # noqa: E402
+from bridge_harness import offline, reference  # noqa: F401  (offline: a fixture)
 from bridges import deepmd as bdp  # noqa: E402
-from jaxpto import neighbors as nl  # noqa: E402
 from _pbtio3_cells import pbtio3 as pto_cell
 from _pbtio3_cells import strained_unit_cell as pto_triclinic
-from _pbtio3_cells import supercell as pto_supercell
 
 warnings.filterwarnings("ignore", message=".*(accelerator|DP_INFER_BATCH_SIZE).*")
 
-E_TOL, F_TOL, S_TOL = 1e-5, 1e-4, 1e-5  # float32: eV/atom, eV/A, eV/A^3
-E_TOL64, F_TOL64, S_TOL64 = 1e-10, 1e-9, 1e-10  # float64 (measured ~1e-15)
+E_TOL, F_TOL, S_TOL = h.FLOAT32  # float32: eV/atom, eV/A, eV/A^3
+E_TOL64, F_TOL64, S_TOL64 = h.FLOAT64  # float64 (measured ~1e-15)
 F32, F64 = jnp.float32, jnp.float64
 TYPE_MAP = ["O", "Ti", "Pb"]
 
-
-CELLS = {"5-atom": pto_cell, "2x2x2-rattled": pto_supercell, "triclinic": pto_triclinic}
+CELLS = h.CELLS_5
 
 
 # ------------------------------------------------------------------------------ models
@@ -127,18 +124,7 @@ def calc_for(files, kind):
     return _calcs[kind]
 
 
-def bridge_eval(model, atoms_list, dtype):
-    pos = jnp.asarray(np.stack([a.positions for a in atoms_list]), dtype)
-    cell = jnp.asarray(np.stack([np.asarray(a.cell) for a in atoms_list]), dtype)
-    nbrs = nl.allocate(pos, cell, model.cutoff, skin=1.0)
-    out = jax.jit(model.compute)(pos, cell, jnp.asarray(atoms_list[0].numbers), nbrs)
-    return np.asarray(out.energy, float), np.asarray(out.forces, float), np.asarray(out.stress, float)
-
-
-def reference(calc, atoms):
-    at = atoms.copy()
-    at.calc = calc
-    return at.get_potential_energy(), at.get_forces(), at.get_stress(voigt=False)
+bridge_eval = h.evaluate
 
 
 # ------------------------------------------------------------------------------ tests
@@ -167,16 +153,10 @@ def test_matches_dp_calculator(files, kind, cell):
     assert model.cutoff == 5.0 and model.elements == frozenset({8, 22, 82})
     efs = model.compute.efs
     assert efs.dtype == (torch.float32 if kind == "f32" else torch.float64)
-    e, f, s = bridge_eval(model, [atoms], F32 if kind == "f32" else F64)
-    e_ref, f_ref, s_ref = reference(calc_for(files, kind), atoms)
-    de = abs(e[0] - e_ref) / len(atoms)
-    df = np.abs(f[0] - f_ref).max()
-    ds = np.abs(s[0] - s_ref).max()
-    print(f"\n{kind} {cell}: |dE|/atom={de:.2e} eV  max|dF|={df:.2e} eV/A  max|dS|={ds:.2e} eV/A^3  "
-          f"(max|F|={np.abs(f_ref).max():.2f}, max|S|={np.abs(s_ref).max():.3f})")
-    tol = (E_TOL, F_TOL, S_TOL) if kind == "f32" else (E_TOL64, F_TOL64, S_TOL64)
-    assert de < tol[0] and df < tol[1] and ds < tol[2]
-    assert np.abs(f_ref).max() > 0.05 and np.abs(s_ref).max() > 1e-2  # not a comparison of zeros
+    ref = reference(calc_for(files, kind), atoms)
+    h.assert_agrees(bridge_eval(model, [atoms], F32 if kind == "f32" else F64), ref,
+                    h.FLOAT32 if kind == "f32" else h.FLOAT64, len(atoms), f"{kind} {cell}")
+    assert np.abs(ref[1]).max() > 0.05 and np.abs(ref[2]).max() > 1e-2  # not a comparison of zeros
 
 
 OTHER_DESCRIPTORS = {
@@ -268,7 +248,7 @@ def test_unsupported_files_explain(tmp_path):
         bdp.load(str(tmp_path / "nothing.pth"))
 
 
-def test_pretrained_name_fails_fast_offline(tmp_path, monkeypatch):
+def test_pretrained_name_fails_fast_offline(tmp_path, offline):
     """A DeePMD pretrained name with no cached file and no network: a clear error within seconds."""
     names = bdp.pretrained_names()
     if not names:
@@ -277,12 +257,9 @@ def test_pretrained_name_fails_fast_offline(tmp_path, monkeypatch):
 
     name = next(n for n in names if bdp._bridge_supports_pretrained(n))
     assert registry.KNOWN_MODELS[name.lower()][0] == "deepmd"
-    probed = []
-    monkeypatch.setattr(bdp, "_reachable", lambda urls, timeout=3.0: probed.append(urls) or False)
-    t0 = time.perf_counter()
-    with pytest.raises(RuntimeError, match=f"dp pretrained download {name}"):
-        bdp.load(name.lower(), cache_dir=tmp_path)
-    assert probed and time.perf_counter() - t0 < 5.0
+    h.assert_fails_fast(lambda: bdp.load(name.lower(), cache_dir=tmp_path), RuntimeError,
+                        f"dp pretrained download {name}")
+    assert offline  # the download hosts were probed (and refused)
     sezm = [n for n in names if not bdp._bridge_supports_pretrained(n)]
     if sezm:
         with pytest.raises(NotImplementedError, match="SeZM"):
@@ -294,112 +271,39 @@ def test_batched_replicas_equal_single_calls(files):
     model = model_for(files, "f64")
     rattled = pto_cell()
     rattled.positions += np.random.default_rng(7).normal(0, 0.05, rattled.positions.shape)
-    structs = [pto_cell(), pto_triclinic(), rattled]
-    efs = model.compute
-    n0 = efs.n_calls
-    e, f, s = bridge_eval(model, structs, F64)
-    assert efs.n_calls == n0 + 1  # one torch call for R = 3
-    for r, at in enumerate(structs):
-        e1, f1, s1 = bridge_eval(model, [at], F64)
-        assert abs(e[r] - e1[0]) < 1e-10
-        np.testing.assert_allclose(f[r], f1[0], atol=1e-10)
-        np.testing.assert_allclose(s[r], s1[0], atol=1e-12)
-
-
-def _total_energy_per_atom(state):
-    kinetic = 0.5 * jnp.sum(state.momenta**2 / state.masses[None, :, None], axis=(1, 2))
-    return (state.energy + kinetic) / state.positions.shape[1]
+    h.assert_batched_equals_single(lambda s: bridge_eval(model, s, F64), [pto_cell(), pto_triclinic(), rattled],
+                                   h.Tolerance(1e-10, 1e-10, 1e-12), counter=model.compute, rtol=1e-7,
+                                   per_atom=False)
 
 
 def test_nve_energy_conservation_vs_ase(files):
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-    from ase.md.verlet import VelocityVerlet
 
-    from jaxpto.integrators import velocity_verlet
-    from jaxpto.simulate import run, state_from_atoms
-
-    n_steps, dt = 50, 1.0 * units.fs
     atoms = pto_cell().repeat((2, 1, 1))  # 10 atoms: DP itself takes ~0.2-1 s a call on this busy CPU
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(11))
     Stationary(atoms)
-
-    ase_atoms = atoms.copy()
-    ase_atoms.calc = calc_for(files, "f32")
-    etot = []
-    dyn = VelocityVerlet(ase_atoms, dt)
-    dyn.attach(lambda: etot.append(ase_atoms.get_total_energy() / len(ase_atoms)), interval=1)
-    t0 = time.perf_counter()
-    dyn.run(n_steps)
-    t_ase = time.perf_counter() - t0
-    etot = np.asarray(etot)
-    drift_ase = np.abs(etot - etot[0]).max()
-
-    model = model_for(files, "f32")
-    state, force_fn = state_from_atoms(atoms, model, dtype=F32)
-    integ = velocity_verlet(force_fn, dt)
-    state = integ.init(state)
-    e0 = float(_total_energy_per_atom(state)[0])
-    t0 = time.perf_counter()
-    state, rec = run(integ, state, n_steps, record_fn=_total_energy_per_atom, record_every=1)
-    t_jax = time.perf_counter() - t0
-    rec = np.concatenate([[e0], np.asarray(rec)[:, 0]])
-    drift_jax = np.abs(rec - rec[0]).max()
-    print(f"\nNVE 10-atom PbTiO3 300 K, {n_steps} x 1 fs, DPA-1 float32: max|Etot-Etot0|/atom "
-          f"jaxpto {drift_jax:.2e} eV ({t_jax:.1f} s), ASE {drift_ase:.2e} eV ({t_ase:.1f} s)")
-    assert np.all(np.isfinite(rec)) and int(state.step) == n_steps
-    assert abs(rec[0] - etot[0]) < 1e-5  # same starting point
-    assert drift_jax <= 2.0 * drift_ase + 2e-5
+    run = h.nve_against_ase(model_for(files, "f32"), calc_for(files, "f32"), atoms, 50, 1.0 * units.fs, dtype=F32)
+    run.report("10-atom PbTiO3 300 K, DPA-1 float32, 1 fs")
+    assert run.steps_done == 50
+    assert abs(run.jax_energy[0] - run.ase_energy[0]) / run.n_atoms < 1e-5  # same starting point
+    assert run.drift("jax", per_atom=True) <= 2.0 * run.drift("ase", per_atom=True) + 2e-5
 
 
 def test_calculator_swapped_for_bridge(files):
     """``atoms.calc = DP(file)`` + ``jaxpto.md.VelocityVerlet``: the bridge on DP's own model object."""
-    from ase.md.verlet import VelocityVerlet as AseVV
-
-    from jaxpto.md import VelocityVerlet
-
-    def pto10():
-        atoms = pto_cell().repeat((2, 1, 1))
-        atoms.rattle(0.02, seed=3)
-        sigma = np.sqrt(units.kB * 300 * atoms.get_masses())[:, None]
-        atoms.set_momenta(sigma * np.random.default_rng(7).normal(size=(len(atoms), 3)))
-        return atoms
-
     calc = calc_for(files, "f64")
-    ref = pto10()
-    ref.calc = calc
-    AseVV(ref, timestep=1.0 * units.fs).run(10)
-
-    atoms = pto10()
-    atoms.calc = calc
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs, dtype=F64)
-        dyn.run(10)
-    messages = [str(w.message) for w in caught]
-    assert not [m for m in messages if "callback" in m], messages
-    assert dyn.force_kind == "bridge"
+    dyn, atoms, ase_positions = h.calculator_swap(calc, h.pto10, 10, dtype=F64)
     efs = dyn._model_obj.compute.efs
     assert efs.model is calc.dp.deep_eval.dp.model["Default"]  # DP's loaded network, not a second load
-    dpos = np.abs(atoms.positions - ref.positions).max()
+    dpos = np.abs(atoms.positions - ase_positions).max()
     print(f"\nDP swapped for the bridge, 10 x 1 fs float64: max|dx| vs ASE = {dpos:.1e} A")
     assert dpos < 1e-9
     assert bdp.efs_from_calculator(object()) is None
 
 
 def test_uncovered_element_fails_before_any_step(files):
-    from jaxpto.simulate import state_from_atoms
-
-    model = model_for(files, "f32")
     atoms = pto_cell()
     atoms.numbers[1] = 11  # Na: not in type_map O, Ti, Pb
-    calls = model.compute.n_calls
-    with pytest.raises(ValueError, match="Na"):
-        state_from_atoms(atoms, model, dtype=F32)
-    assert model.compute.n_calls == calls
-    efs = model.compute.efs
-    with pytest.raises(ValueError, match=r"\[11\] \(Na\)"):
-        efs(torch.zeros(1, 5, 3), torch.eye(3)[None] * 4, torch.tensor(atoms.numbers),
-            torch.zeros(1, 0, dtype=torch.int64), torch.zeros(1, 0, dtype=torch.int64), torch.zeros(1, 0, 3),
-            torch.zeros(1, 0, dtype=torch.bool))
+    h.assert_refuses_element(model_for(files, "f32"), atoms, engine_match="Na", efs_match=r"\[11\] \(Na\)")
     with pytest.raises(ValueError, match="not a type of the model"):
         bdp.load(files["f32"], device="cpu", type_dict={"O": 0, "Ti": 1, "Pb": 3})

@@ -15,13 +15,9 @@ the calculator swap of jaxpto.md, models pickled by older e3nn, and named models
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
-import time
-import urllib.error
-import urllib.request
 import warnings
 
 import jax
@@ -34,9 +30,12 @@ import torch  # noqa: E402  (a core dependency)
 
 import mace  # noqa: E402,F401  (installed with --no-deps next to the test extra; see README)
 
+import bridge_harness as h
 import jaxpto  # noqa: E402
+from bridge_harness import offline, quiet, reference  # noqa: F401  (offline: a fixture)
 from bridges import mace as bm  # noqa: E402
 from bridges.registry import detect_family  # noqa: E402
+from bridges.torch_bridge import edges_from_neighbors  # noqa: E402
 from jaxpto import neighbors as nl  # noqa: E402
 
 from _mace_util import build_mace, save_mace  # noqa: E402
@@ -47,16 +46,9 @@ from _pbtio3_cells import triclinic as pto_triclinic
 warnings.filterwarnings("ignore", message=".*weights_only.*")
 warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
 
-TOL = {"float32": (1e-5, 1e-4, 1e-5), "float64": (1e-10, 1e-9, 1e-10)}  # eV/atom, eV/A, eV/A^3
+TOL = {"float32": h.FLOAT32, "float64": h.FLOAT64}  # eV/atom, eV/A, eV/A^3
 
-
-CELLS = {"5-atom": pto_cell, "2x2x2-rattled": pto_supercell, "triclinic": pto_triclinic}
-
-
-def quiet(fn, *a, **kw):
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        return fn(*a, **kw)
+CELLS = h.CELLS
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +86,7 @@ def calculator(path, dtype, **kw):
     return _cache[key]
 
 
-def bridge_eval(model, atoms_list, jdtype=jnp.float64):
-    pos = jnp.asarray(np.stack([a.positions for a in atoms_list]), jdtype)
-    cell = jnp.asarray(np.stack([np.asarray(a.cell) for a in atoms_list]), jdtype)
-    nbrs = nl.allocate(pos, cell, model.cutoff, skin=1.0)
-    out = jax.jit(model.compute)(pos, cell, jnp.asarray(atoms_list[0].numbers), nbrs)
-    return np.asarray(out.energy, float), np.asarray(out.forces, float), np.asarray(out.stress, float)
-
-
-def reference(calc, atoms):
-    at = atoms.copy()
-    at.calc = calc
-    return at.get_potential_energy(), at.get_forces(), at.get_stress(voigt=False)
+bridge_eval = h.evaluate
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -139,15 +120,10 @@ def test_matches_mace_calculator(model_path, dtype, cell):
     atoms = CELLS[cell]()
     model = bridged(model_path, dtype)
     assert model.compute.efs.dtype == getattr(torch, dtype)
-    e, f, s = bridge_eval(model, [atoms])
-    e_ref, f_ref, s_ref = reference(calculator(model_path, dtype), atoms)
-    n = len(atoms)
-    de, df, ds = abs(e[0] - e_ref) / n, np.abs(f[0] - f_ref).max(), np.abs(s[0] - s_ref).max()
-    print(f"\n{dtype} {cell}: |dE|/atom={de:.2e} eV  max|dF|={df:.2e} eV/A  max|dS|={ds:.2e} eV/A^3")
-    e_tol, f_tol, s_tol = TOL[dtype]
-    assert de < e_tol and df < f_tol and ds < s_tol
+    ref = reference(calculator(model_path, dtype), atoms)
+    h.assert_agrees(bridge_eval(model, [atoms]), ref, TOL[dtype], len(atoms), f"{dtype} {cell}")
     # the comparison is not between zeros: realistic forces and stresses
-    assert np.abs(f_ref).max() > 0.1 and np.abs(s_ref).max() > 1e-3
+    assert np.abs(ref[1]).max() > 0.1
 
 
 def test_float32_close_to_float64(model_path):
@@ -166,35 +142,31 @@ def test_batched_replicas_equal_single_calls(model_path):
     strained = pto_cell()
     strained.set_cell(np.asarray(strained.cell) @ (np.eye(3) + [[0.03, 0.01, 0.0], [0.0, -0.02, 0.02],
                                                                   [0.01, 0.0, 0.01]]), scale_atoms=True)
-    structs = [pto_cell(), strained, rattled]
-    bridge = model.compute
-    n0 = bridge.n_calls
-    e, f, s = bridge_eval(model, structs)
-    assert bridge.n_calls == n0 + 1  # one torch call for R = 3
-    for r, at in enumerate(structs):
-        e1, f1, s1 = bridge_eval(model, [at])
-        assert abs(e[r] - e1[0]) / len(at) < 1e-12
-        np.testing.assert_allclose(f[r], f1[0], atol=1e-11)
-        np.testing.assert_allclose(s[r], s1[0], atol=1e-12)
-    assert len({round(float(x), 6) for x in e}) == 3  # the replicas really differ
+    h.assert_batched_equals_single(lambda s: bridge_eval(model, s), [pto_cell(), strained, rattled],
+                                   h.Tolerance(1e-12, 1e-11, 1e-12), counter=model.compute, distinct_digits=6,
+                                   rtol=1e-7)
 
 
 def test_edges_beyond_r_max_and_masked_slots_are_dropped(model_path):
-    """The EFS gets a list with pairs up to cutoff + 2 A (and padding): same result as a tight list."""
-    efs = bridged(model_path, "float64").compute.efs
+    """A list with pairs up to cutoff + 2 A (and padding): same result as a tight list. The bridge
+    (edges_from_neighbors) cuts it at r_max before MACE's graph is built."""
+    model = bridged(model_path, "float64")
+    efs = model.compute.efs
     atoms = pto_triclinic()
-    pos = np.asarray(atoms.positions)[None]
-    cell = np.asarray(atoms.cell)[None]
+    pos = jnp.asarray(atoms.positions)[None]
+    cell = jnp.asarray(np.asarray(atoms.cell))[None]
+    numbers = jnp.asarray(atoms.numbers)
     outs = []
     for cutoff in (efs.cutoff, efs.cutoff + 2.0):
-        i, j, shifts, mask = nl.as_pairs(nl.allocate(pos, cell, cutoff, skin=0.5))
-        args = [torch.from_numpy(np.array(x)) for x in (pos, cell, atoms.numbers, i, j, shifts, mask)]
+        nbrs = nl.allocate(pos, cell, cutoff, skin=0.5)
+        n_real = int(np.asarray(nl.as_pairs(nbrs)[3]).sum())
+        args = [torch.from_numpy(np.array(x)) for x in (pos, cell, atoms.numbers,
+                                                         *edges_from_neighbors(pos, cell, nbrs, efs.cutoff))]
         args[2], args[3], args[4] = args[2].long(), args[3].long(), args[4].long()
-        args[5] = args[5].to(torch.float64)
-        outs.append(efs(*args))
-        n_real = int(np.asarray(mask).sum())
         g = efs.graph(*args)
         assert g["edge_index"].shape[1] < n_real  # some listed pairs lie beyond r_max
+        out = jax.jit(model.compute)(pos, cell, numbers, nbrs)
+        outs.append([torch.from_numpy(np.array(x)) for x in (out.energy, out.forces, out.stress)])
     for a, b in zip(*outs):
         assert torch.allclose(a, b, atol=1e-12, rtol=0)
 
@@ -226,23 +198,10 @@ def test_multihead_heads(multihead_path):
 
 
 def test_uncovered_element_fails_before_any_step(model_path):
-    from jaxpto.simulate import state_from_atoms
-
-    model = bridged(model_path, "float32")
     atoms = pto_cell()
     atoms.numbers[0] = 84  # Po: not in the model
-    calls = model.compute.n_calls
-    with pytest.raises(ValueError, match="Po"):
-        state_from_atoms(atoms, model, dtype=jnp.float32)
-    with pytest.raises(ValueError, match="Po"):
-        atoms.calc = jaxpto.JaxptoCalculator(model, dtype=jnp.float32)
-        atoms.get_potential_energy()
-    assert model.compute.n_calls == calls  # refused before torch ever ran
-    efs = model.compute.efs  # the EFS refuses it too when called directly
-    with pytest.raises(ValueError, match=r"Po \(84\)"):
-        no_edge = torch.zeros(1, 0, dtype=torch.int64)
-        efs(torch.zeros(1, 5, 3), torch.eye(3)[None] * 4, torch.tensor(atoms.numbers), no_edge, no_edge,
-            torch.zeros(1, 0, 3), torch.zeros(1, 0, dtype=torch.bool))
+    h.assert_refuses_element(bridged(model_path, "float32"), atoms, engine_match="Po", efs_match=r"Po \(84\)",
+                             calculator_too=True)
 
 
 def test_bad_arguments(model_path):
@@ -258,30 +217,11 @@ def test_bad_arguments(model_path):
 # ----------------------------------------------------------------------------- named models, offline
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """A private, empty mace cache and no network: every urlopen fails at once."""
-    attempts = []
-
-    def no_network(req, *a, **kw):
-        attempts.append(getattr(req, "full_url", req))
-        raise urllib.error.URLError("network disabled in this test")
-
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return attempts
-
-
 def test_named_model_offline_fails_fast_with_clear_message(offline):
     from mace.calculators.foundations_models import mace_mp_urls
 
     url = mace_mp_urls["medium-0b"]
-    t0 = time.perf_counter()
-    with pytest.raises(RuntimeError) as err:
-        jaxpto.load_model("mace-mp-0b-medium", device="cpu")
-    elapsed = time.perf_counter() - t0
-    msg = str(err.value)
-    assert elapsed < 5.0, elapsed
+    msg = h.assert_fails_fast(lambda: jaxpto.load_model("mace-mp-0b-medium", device="cpu"), RuntimeError)
     assert url in msg and "network disabled" in msg
     assert bm.mace_cache_path("mace-mp-0b-medium") in msg and "load_model('/path/to/mace_agnesi_medium.model')" in msg
     assert offline == [url]  # one probe, nothing else
@@ -351,76 +291,23 @@ def test_model_pickled_by_old_e3nn_is_rebuilt(monkeypatch, model_dir, model_path
 # ----------------------------------------------------------------------------- dynamics
 
 
-def _pto10():
-    atoms = pto_cell().repeat((2, 1, 1))
-    atoms.rattle(0.02, seed=3)
-    sigma = np.sqrt(units.kB * 300 * atoms.get_masses())[:, None]
-    atoms.set_momenta(sigma * np.random.default_rng(7).normal(size=(len(atoms), 3)))
-    return atoms
-
-
 def test_calculator_swapped_for_bridge(model_path):
     """``atoms.calc = MACECalculator(...)`` + jaxpto.md: the bridge runs on the calculator's own model."""
-    from ase.md.verlet import VelocityVerlet as AseVV
-
-    from jaxpto.md import VelocityVerlet
-
     calc = calculator(model_path, "float32")
-    ref = _pto10()
-    ref.calc = calc
-    AseVV(ref, timestep=1.0 * units.fs).run(10)
-
-    atoms = _pto10()
-    atoms.calc = calc
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-        dyn.run(10)
-    messages = [str(w.message) for w in caught]
-    assert not [m for m in messages if "callback" in m], messages
-    assert dyn.force_kind == "bridge"
+    dyn, atoms, ase_positions = h.calculator_swap(calc, h.pto10, 10)
     efs = dyn._model_obj.compute.efs
     assert isinstance(efs, bm.MACEEFS) and efs.model is calc.models[0] and efs.dtype == torch.float32
-    assert np.abs(atoms.positions - ref.positions).max() <= 1e-4
+    assert np.abs(atoms.positions - ase_positions).max() <= 1e-4
     # Calculators the bridge does not reproduce are left to the callback path.
     assert bm.efs_from_calculator(object()) is None
 
 
 @pytest.mark.slow
 def test_nve_energy_conservation_vs_ase(model_path):
-    from ase.md.verlet import VelocityVerlet as AseVV
-
-    from jaxpto.integrators import velocity_verlet
-    from jaxpto.simulate import run, state_from_atoms
-
-    n_steps, dt = 50, 1.0 * units.fs
-    atoms = _pto10()
-    calc = calculator(model_path, "float64")
-
-    ase_atoms = atoms.copy()
-    ase_atoms.calc = calc
-    etot = []
-    dyn = AseVV(ase_atoms, dt)
-    dyn.attach(lambda: etot.append(ase_atoms.get_total_energy()), interval=1)
-    dyn.run(n_steps)
-    etot = np.asarray(etot)
-    assert etot.shape == (n_steps + 1,)  # the start and every step
-    drift_ase = np.abs(etot - etot[0]).max()
-
-    model = bridged(model_path, "float64")
-    state, force_fn = state_from_atoms(atoms, model, dtype=jnp.float64)
-    integ = velocity_verlet(force_fn, dt)
-    state = integ.init(state)
-
-    def total(s):
-        return s.energy + 0.5 * jnp.sum(s.momenta ** 2 / s.masses[None, :, None], axis=(1, 2))
-
-    e0 = float(total(state)[0])
-    state, rec = run(integ, state, n_steps, record_fn=total, record_every=1)
-    rec = np.concatenate([[e0], np.asarray(rec)[:, 0]])
-    drift_jax = np.abs(rec - rec[0]).max()
-    print(f"\nNVE 10-atom PbTiO3, {n_steps} x 1 fs: max|Etot-Etot0| jaxpto {drift_jax:.2e} eV, ASE {drift_ase:.2e} eV")
-    assert np.all(np.isfinite(rec)) and int(state.step) == n_steps
-    assert abs(rec[0] - etot[0]) < 1e-9  # same start
-    assert drift_jax <= 1.5 * drift_ase + 1e-8
-    assert np.abs(np.asarray(state.positions[0]) - ase_atoms.positions).max() < 1e-8  # same trajectory
+    run = h.nve_against_ase(bridged(model_path, "float64"), calculator(model_path, "float64"), h.pto10(), 50,
+                            1.0 * units.fs, dtype=jnp.float64)
+    run.report("10-atom PbTiO3, random MACE float64, 1 fs")
+    assert run.steps_done == 50
+    assert abs(run.jax_energy[0] - run.ase_energy[0]) < 1e-9  # same start
+    assert run.drift("jax") <= 1.5 * run.drift("ase") + 1e-8
+    assert np.abs(run.jax_positions - run.ase_positions).max() < 1e-8  # same trajectory

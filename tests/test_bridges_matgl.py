@@ -13,7 +13,6 @@ own graph in float64 for the float64 path.
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import numpy as np
@@ -26,15 +25,16 @@ from matgl.apps.pes import Potential
 from matgl.ext.ase import PESCalculator
 from matgl.models import M3GNet, TensorNet
 
+import bridge_harness as h
 import jaxpto
+from bridge_harness import call_efs as call
+from bridge_harness import engine_edges, reference
 from bridges.matgl import (MODEL_NAMES, MatglEFS, ModelUnavailableError, efs_from_calculator, load, looks_like,
                            three_body_graph)
-from jaxpto import neighbors as nb
 from _pbtio3_cells import pbtio3, supercell, triclinic
 
-E_TOL = 1e-5  # eV/atom
-F_TOL = 1e-4  # eV/A
-S_TOL = 1e-5  # eV/A^3
+TOL = h.FLOAT32  # 1e-5 eV/atom, 1e-4 eV/A, 1e-5 eV/A^3
+E_TOL, F_TOL, S_TOL = TOL
 F32 = np.float32
 
 
@@ -87,47 +87,15 @@ def calc(model_dir):
         return PESCalculator(matgl.load_model(model_dir), stress_unit="eV/A3")
 
 
-def engine_edges(atoms_list, cutoff, skin=1.0):
-    """Torch contract inputs from jaxpto's neighbour list (allocate + as_pairs)."""
-    pos = np.stack([a.positions for a in atoms_list])
-    cell = np.stack([np.asarray(a.cell) for a in atoms_list])
-    nbrs = nb.allocate(pos, cell, cutoff, skin=skin)
-    i, j, shifts, mask = nb.as_pairs(nbrs)
-
-    def t(x):
-        return torch.from_numpy(np.array(x))
-
-    return dict(positions=t(pos), cell=t(cell), numbers=torch.tensor(atoms_list[0].numbers, dtype=torch.int64),
-                edge_src=t(i).long(), edge_dst=t(j).long(), edge_shift=t(shifts), edge_mask=t(mask))
-
-
-def call(efs, atoms_list, skin=1.0):
-    e = engine_edges(atoms_list, efs.cutoff, skin)
-    energy, forces, stress = efs(**e)
-    return energy.double().numpy(), forces.double().numpy(), stress.double().numpy()
-
-
-def reference(calc, atoms):
-    atoms = atoms.copy()
-    atoms.calc = calc
-    return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
-
-
 # ----------------------------------------------------------------------------- torch side
 
 
 @pytest.mark.parametrize("cell_name", list(CELLS))
 def test_matches_pes_calculator(efs, calc, cell_name):
     atoms = CELLS[cell_name]()
-    e_ref, f_ref, s_ref = reference(calc, atoms)
-    energy, forces, stress = call(efs, [atoms])
-    n = len(atoms)
-    assert energy.shape == (1,) and forces.shape == (1, n, 3) and stress.shape == (1, 3, 3)
-    de, df, ds = abs(energy[0] - e_ref) / n, np.abs(forces[0] - f_ref).max(), np.abs(stress[0] - s_ref).max()
-    print(f"\n{cell_name}: |dE|/N {de:.1e} eV, max|dF| {df:.1e} eV/A, max|dS| {ds:.1e} eV/A^3 (float32)")
-    assert de < E_TOL and df < F_TOL and ds < S_TOL
     # the comparison means something: real forces and stresses, not zeros
-    assert np.abs(s_ref).max() > 1e-3
+    h.assert_efs_agrees(efs, calc, atoms, TOL, f"{cell_name} (float32)")
+    f_ref = reference(calc, atoms)[1]
     if cell_name != "unit5":
         assert np.abs(f_ref).max() > 0.05
 
@@ -160,7 +128,7 @@ def test_graphs_equal_matgl_converter_and_line_graph(efs, cell_name):
     # ours, from the engine's list with a 1 A skin
     e = engine_edges([atoms], efs.cutoff)
     src, dst, rep, shift = build_graph(e["positions"], e["cell"], e["edge_src"], e["edge_dst"], e["edge_shift"],
-                                       e["edge_mask"], cutoff=efs.cutoff)
+                                       e["edge_mask"])
     _, d = compute_pair_vector_and_distance(e["positions"][0], torch.stack([src, dst]), shift @ e["cell"][0])
     lg = three_body_graph(src, d, len(atoms), efs.threebody_cutoff)
     mine = _sets_from_graph(src, dst, np.rint(shift.numpy()), lg["line_edge_index"])
@@ -191,20 +159,8 @@ def test_skin_does_not_change_results(efs):
 
 
 def test_batched_replicas_equal_single_calls(efs):
-    base = supercell(3)
-    reps = [base.copy() for _ in range(3)]
-    reps[1].positions += np.random.default_rng(7).normal(0.0, 0.05, base.positions.shape)
-    reps[2].set_cell(np.asarray(base.cell) @ (np.eye(3) + [[0.01, 0.02, 0.0], [0.0, -0.01, 0.03],
-                                                            [0.02, 0.0, 0.02]]), scale_atoms=True)
-    energy, forces, stress = call(efs, reps)
-    n = len(base)
-    assert energy.shape == (3,) and forces.shape == (3, n, 3) and stress.shape == (3, 3, 3)
-    for r, atoms in enumerate(reps):
-        e1, f1, s1 = call(efs, [atoms])
-        assert abs(energy[r] - e1[0]) / n < 1e-6
-        assert np.abs(forces[r] - f1[0]).max() < 1e-5
-        assert np.abs(stress[r] - s1[0]).max() < 1e-6
-    assert len({round(float(x), 4) for x in energy}) == 3  # the replicas really differ
+    h.assert_batched_equals_single(lambda s: call(efs, s), h.three_structures(supercell(3)),
+                                   h.Tolerance(1e-6, 1e-5, 1e-6), distinct_digits=4)
 
 
 def test_float64(model_dir):
@@ -298,26 +254,21 @@ def test_pretrained_name_offline(model_dir, tmp_path, monkeypatch):
     assert MODEL_NAMES["m3gnet-mp-2021.2.8-pes"] == "M3GNet-MP-2021.2.8-PES"
     # Not cached, offline: an immediate, explicit error (through the registry as well).
     for loader in (lambda: load("m3gnet-mp-2021.2.8-pes"), lambda: jaxpto.load_model("M3GNet-MP-2021.2.8-PES")):
-        t0 = time.perf_counter()
-        with pytest.raises(ModelUnavailableError, match=r"M3GNet-MP-2021\.2\.8-PES.*not in the local cache"):
-            loader()
-        assert time.perf_counter() - t0 < 5.0
+        h.assert_fails_fast(loader, ModelUnavailableError, r"M3GNet-MP-2021\.2\.8-PES.*not in the local cache")
     # Hub unreachable without the offline flag (a closed local port): still fast.
     monkeypatch.delenv("HF_HUB_OFFLINE")
     for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    t0 = time.perf_counter()
-    with pytest.raises(ModelUnavailableError, match="unreachable"):
-        load("m3gnet-mp-2021.2.8-pes", download_timeout=2.0)
-    assert time.perf_counter() - t0 < 5.0
+    h.assert_fails_fast(lambda: load("m3gnet-mp-2021.2.8-pes", download_timeout=2.0), ModelUnavailableError,
+                        "unreachable")
     # Hub reachable but matgl finds no such repo (e.g. a name matgl >= 3 did not re-release).
-    import bridges.matgl as bm
+    import bridges._download
 
     def missing(name, **kw):
         raise ValueError(f"No valid model found locally or at Hugging Face repo 'materialyze/{name}'.")
 
-    monkeypatch.setattr(bm, "_hub_reachable", lambda timeout: (True, ""))
+    monkeypatch.setattr(bridges._download, "unreachable_reason", lambda url, timeout: None)
     monkeypatch.setattr(matgl, "load_model", missing)
     with pytest.raises(ModelUnavailableError, match="re-released.*m3gnet-pes-matpes-pbe-2025.2"):
         load("m3gnet-mp-2021.2.8-pes")
@@ -336,8 +287,6 @@ def test_pretrained_name_offline(model_dir, tmp_path, monkeypatch):
 
 
 def test_load_model_in_jit(model_dir, calc):
-    import jax
-
     from bridges.registry import load_model
 
     model = load_model(str(model_dir / "model.json"), family="matgl", device="cpu")
@@ -348,114 +297,46 @@ def test_load_model_in_jit(model_dir, calc):
     for cell_name in ("supercell40", "triclinic10"):
         atoms = CELLS[cell_name]()
         e_ref, f_ref, s_ref = reference(calc, atoms)
-        pos = np.asarray(atoms.positions)[None]
-        cell = np.asarray(atoms.cell)[None]
-        nbrs = nb.allocate(pos, cell, model.cutoff, skin=1.0)
-        numbers = np.asarray(atoms.numbers)
-        out = jax.jit(lambda p, c, n: model(p, c, numbers, n))(pos, cell, nbrs)
+        e, f, s = h.evaluate(model, [atoms])
         n = len(atoms)
-        assert abs(float(out.energy[0]) - e_ref) / n < E_TOL
-        assert np.abs(np.asarray(out.forces[0]) - f_ref).max() < F_TOL
-        assert np.abs(np.asarray(out.stress[0]) - s_ref).max() < S_TOL
+        assert abs(float(e[0]) - e_ref) / n < E_TOL
+        assert np.abs(f[0] - f_ref).max() < F_TOL
+        assert np.abs(s[0] - s_ref).max() < S_TOL
 
 
 def test_uncovered_element_fails_before_any_step(model_dir):
-    from jaxpto.simulate import state_from_atoms
-
     model = jaxpto.load_model(str(model_dir / "model.pt"), family="matgl", device="cpu")
     atoms = pbtio3()
     atoms.numbers[0] = 38  # Sr: not among O, Ti, Pb
-    calls = model.compute.n_calls
-    with pytest.raises(ValueError, match="Sr"):
-        state_from_atoms(atoms, model, dtype=F32)
-    assert model.compute.n_calls == calls  # refused before torch ran
-    # the torch EFS refuses it too when called directly
-    with pytest.raises(ValueError, match=r"\[38\]"):
-        model.compute.efs(**engine_edges([atoms], 5.0))
-
-
-def _total_energy_per_atom(state):
-    from jaxpto.state import kinetic_energy
-
-    n = state.positions.shape[1]
-    return (state.energy + kinetic_energy(state.momenta, state.masses)) / n
+    h.assert_refuses_element(model, atoms, engine_match="Sr", efs_match=r"\[38\]", dtype=F32)
 
 
 @pytest.mark.slow
 def test_nve_energy_conservation_vs_ase(model_dir, calc):
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-    from ase.md.verlet import VelocityVerlet
 
-    from jaxpto.integrators import velocity_verlet
-    from jaxpto.simulate import run, state_from_atoms
-
-    n_steps, dt = 40, 1.0 * units.fs
     atoms = triclinic(5)
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(11))
     Stationary(atoms)
-
-    ase_atoms = atoms.copy()
-    ase_atoms.calc = calc
-    etot = []
-    dyn = VelocityVerlet(ase_atoms, dt)
-    dyn.attach(lambda: etot.append(ase_atoms.get_total_energy() / len(ase_atoms)), interval=1)
-    dyn.run(n_steps)
-    etot = np.asarray(etot)
-    drift_ase = np.abs(etot - etot[0]).max()
-
     model = jaxpto.load_model(str(model_dir / "model.json"), family="matgl", device="cpu")
-    state, force_fn = state_from_atoms(atoms, model, dtype=F32)
-    integ = velocity_verlet(force_fn, dt)
-    state = integ.init(state)
-    e0 = float(_total_energy_per_atom(state)[0])
-    state, rec = run(integ, state, n_steps, record_fn=_total_energy_per_atom, record_every=1)
-    rec = np.concatenate([[e0], np.asarray(rec)[:, 0]])
-    drift_jax = np.abs(rec - rec[0]).max()
-    print(f"\nNVE 10-atom PbTiO3 300 K, {n_steps} x 1 fs: max|Etot-Etot0|/atom jaxpto {drift_jax:.2e} eV, "
-          f"ASE {drift_ase:.2e} eV")
-    assert np.all(np.isfinite(rec)) and int(state.step) == n_steps
-    assert abs(rec[0] - etot[0]) < 1e-5  # same starting point
-    assert drift_jax <= 2.0 * drift_ase + 2e-5
-    assert np.abs(np.asarray(state.positions[0]) - ase_atoms.positions).max() < 1e-3  # same trajectory
+    run = h.nve_against_ase(model, calc, atoms, 40, 1.0 * units.fs, dtype=F32)
+    run.report("10-atom PbTiO3 300 K, random M3GNet float32, 1 fs")
+    assert run.steps_done == 40
+    assert abs(run.jax_energy[0] - run.ase_energy[0]) / run.n_atoms < 1e-5  # same starting point
+    assert run.drift("jax", per_atom=True) <= 2.0 * run.drift("ase", per_atom=True) + 2e-5
+    assert np.abs(run.jax_positions - run.ase_positions).max() < 1e-3  # same trajectory
 
 
 # ----------------------------------------------------------------------------- calculator swap (jaxpto.md)
 
 
-def _pto10():
-    atoms = pbtio3().repeat((2, 1, 1))
-    atoms.rattle(0.02, seed=3)
-    sigma = np.sqrt(units.kB * 300 * atoms.get_masses())[:, None]
-    atoms.set_momenta(sigma * np.random.default_rng(7).normal(size=(len(atoms), 3)))
-    return atoms
-
-
 def test_calculator_swapped_for_bridge_matches_ase(calc):
-    from ase.md.verlet import VelocityVerlet as AseVV
-
-    from jaxpto.md import VelocityVerlet
-
-    ref = _pto10()
-    ref.calc = calc
-    AseVV(ref, timestep=1.0 * units.fs).run(10)
-
-    atoms = _pto10()
-    atoms.calc = calc
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-        dyn.run(10)
-    messages = [str(w.message) for w in caught]
-    assert not [m for m in messages if "callback" in m], messages
-    assert dyn.force_kind == "bridge"
+    dyn, atoms, ase_positions = h.calculator_swap(calc, h.pto10, 10)
     efs = dyn._model_obj.compute.efs
     assert efs.potential is calc.potential  # the calculator's own loaded network, not a second load
-    assert np.abs(atoms.positions - ref.positions).max() <= 1e-4
+    assert np.abs(atoms.positions - ase_positions).max() <= 1e-4
     # the calculator still works on its own afterwards and agrees with the written-back forces
-    written = atoms.get_forces().copy()
-    check = atoms.copy()
-    check.calc = calc
-    assert np.abs(check.get_forces() - written).max() <= 1e-4
+    h.assert_calculator_still_agrees(calc, atoms, 1e-4)
 
 
 def test_efs_from_calculator_keeps_its_stress_unit(calc):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import time
 import warnings
 
 import numpy as np
@@ -36,19 +35,19 @@ from orb_models.forcefield import pretrained  # noqa: E402
 from orb_models.forcefield.atomic_system import SystemConfig, ase_atoms_to_atom_graphs  # noqa: E402
 from orb_models.forcefield.calculator import ORBCalculator  # noqa: E402
 
+import bridge_harness as h
 import jaxpto  # noqa: E402
+from bridge_harness import call_efs as call
+from bridge_harness import engine_edges, offline  # noqa: F401  (offline: a fixture)
 from bridges import orb as orb_bridge  # noqa: E402
 from jaxpto import neighbors as nb  # noqa: E402
 from _pbtio3_cells import pbtio3, supercell, triclinic
 
 warnings.filterwarnings("ignore", message=".*(default dtype|float32-high).*")
 
-E_TOL, F_TOL, S_TOL = 1e-5, 1e-4, 1e-5  # eV/atom, eV/A, eV/A^3 (float32)
+TOL = h.FLOAT32  # 1e-5 eV/atom, 1e-4 eV/A, 1e-5 eV/A^3
+E_TOL, F_TOL, S_TOL = TOL
 T64 = 1e-10  # float64 models: all three quantities
-
-
-# ----------------------------------------------------------------------------- structures
-
 
 CELLS = {"unit5": pbtio3, "supercell40": supercell, "triclinic10": triclinic}
 
@@ -98,45 +97,12 @@ def calc_for(checkpoints, kind):
 
 def reference(calc, atoms, default_dtype=torch.float32):
     """ORB's calculator; ``default_dtype`` float64 is ORB's float64 mode (it sets it globally)."""
-    atoms = atoms.copy()
-    atoms.calc = calc
     previous = torch.get_default_dtype()
     torch.set_default_dtype(default_dtype)
     try:
-        return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+        return h.reference(calc, atoms)
     finally:
         torch.set_default_dtype(previous)
-
-
-def engine_edges(atoms_list, cutoff, skin=1.0):
-    """Torch contract inputs from jaxpto's neighbour list (allocate + as_pairs)."""
-    pos = np.stack([a.positions for a in atoms_list])
-    cell = np.stack([np.asarray(a.cell) for a in atoms_list])
-    nbrs = nb.allocate(pos, cell, cutoff, skin=skin)
-    i, j, shifts, mask = nb.as_pairs(nbrs)
-
-    def t(x):
-        return torch.from_numpy(np.array(x))
-
-    return dict(positions=t(pos), cell=t(cell), numbers=torch.tensor(atoms_list[0].numbers, dtype=torch.int64),
-                edge_src=t(i).long(), edge_dst=t(j).long(), edge_shift=t(shifts), edge_mask=t(mask))
-
-
-def call(efs, atoms_list, skin=1.0):
-    e = engine_edges(atoms_list, efs.cutoff, skin)
-    energy, forces, stress = efs(**e)
-    return energy.double().numpy(), forces.double().numpy(), stress.double().numpy()
-
-
-def jit_eval(model, atoms):
-    import jax
-
-    pos = np.asarray(atoms.positions)[None]
-    cell = np.asarray(atoms.cell)[None]
-    nbrs = nb.allocate(pos, cell, model.cutoff, skin=1.0)
-    numbers = np.asarray(atoms.numbers)
-    out = jax.jit(lambda p, c, n: model(p, c, numbers, n))(pos, cell, nbrs)
-    return float(out.energy[0]), np.asarray(out.forces[0]), np.asarray(out.stress[0])
 
 
 # ----------------------------------------------------------------------------- agreement with ORB's calculator
@@ -161,13 +127,9 @@ def test_loaded_through_load_model(checkpoints, kind):
 def test_jit_matches_orb_calculator(checkpoints, kind, cell_name):
     """load_model(...) inside jax.jit (engine neighbour list, DLPack bridge) vs ORBCalculator."""
     atoms = CELLS[cell_name]()
-    e_ref, f_ref, s_ref = reference(calc_for(checkpoints, kind), atoms)
-    energy, forces, stress = jit_eval(jax_model(checkpoints, kind), atoms)
-    n = len(atoms)
-    de, df, ds = abs(energy - e_ref) / n, np.abs(forces - f_ref).max(), np.abs(stress - s_ref).max()
-    print(f"{kind} {cell_name}: dE/atom {de:.1e} eV, dF {df:.1e} eV/A, dS {ds:.1e} eV/A^3")
-    assert de < E_TOL and df < F_TOL and ds < S_TOL
-    assert np.abs(s_ref).max() > 1e-3 and np.abs(f_ref).max() > 1e-3  # a comparison that means something
+    ref = reference(calc_for(checkpoints, kind), atoms)
+    h.assert_agrees(h.evaluate(jax_model(checkpoints, kind), [atoms]), ref, TOL, len(atoms), f"{kind} {cell_name}")
+    assert np.abs(ref[1]).max() > 1e-3  # a comparison that means something
 
 
 @pytest.mark.parametrize("kind", ["v2", "v3-conservative"])
@@ -186,9 +148,7 @@ def test_float64_matches_orb_calculator(checkpoints, kind):
         cap = 120 if cell_name == "triclinic10" else None
         e_ref, f_ref, s_ref = reference(ORBCalculator(torch_model, device="cpu", max_num_neighbors=cap), atoms,
                                         torch.float64)
-        e, f, s = call(efs120 if cap else efs, [atoms])
-        n = len(atoms)
-        de, df, ds = abs(e[0] - e_ref) / n, np.abs(f[0] - f_ref).max(), np.abs(s[0] - s_ref).max()
+        de, df, ds = h.deviations(call(efs120 if cap else efs, [atoms]), (e_ref, f_ref, s_ref), len(atoms))
         print(f"float64 {kind} {cell_name}: dE/atom {de:.1e} eV, dF {df:.1e} eV/A, dS {ds:.1e} eV/A^3")
         assert de < T64 and df < T64 and ds < T64
 
@@ -309,20 +269,8 @@ def test_positions_outside_the_cell(checkpoints):
 @pytest.mark.parametrize("kind", ["v3-direct", "v3-conservative"])
 def test_batched_replicas_equal_single_calls(checkpoints, kind):
     efs = jax_model(checkpoints, kind).compute.efs
-    base = supercell(3)
-    reps = [base.copy() for _ in range(3)]
-    reps[1].positions += np.random.default_rng(7).normal(0.0, 0.05, base.positions.shape)
-    reps[2].set_cell(np.asarray(base.cell) @ (np.eye(3) + [[0.01, 0.02, 0.0], [0.0, -0.01, 0.03],
-                                                            [0.02, 0.0, 0.02]]), scale_atoms=True)
-    energy, forces, stress = call(efs, reps)
-    n = len(base)
-    assert energy.shape == (3,) and forces.shape == (3, n, 3) and stress.shape == (3, 3, 3)
-    for r, atoms in enumerate(reps):
-        e1, f1, s1 = call(efs, [atoms])
-        assert abs(energy[r] - e1[0]) / n < 1e-6
-        assert np.abs(forces[r] - f1[0]).max() < 1e-5
-        assert np.abs(stress[r] - s1[0]).max() < 1e-6
-    assert len({round(float(x), 4) for x in energy}) == 3  # the replicas really differ
+    h.assert_batched_equals_single(lambda s: call(efs, s), h.three_structures(supercell(3)),
+                                   h.Tolerance(1e-6, 1e-5, 1e-6), distinct_digits=4)
 
 
 def test_batched_replicas_one_torch_call_in_jit(checkpoints):
@@ -369,12 +317,6 @@ def test_nve_like_ase(checkpoints, kind):
     is that jaxpto's total-energy history equals ASE's with the same calculator step by step. The
     conservative model (cap lifted) conserves energy, in both, to the same level.
     """
-    from ase.md.verlet import VelocityVerlet as AseVelocityVerlet
-
-    from jaxpto.integrators.verlet import velocity_verlet
-    from jaxpto.simulate import run, state_from_atoms
-    from jaxpto.state import kinetic_energy
-
     if kind == "v3-conservative":
         # as the "-inf" models: the cap (120) never binds, so the energy is a smooth function of the
         # positions (a binding cap makes it jump when the 20th and 21st neighbours swap).
@@ -383,35 +325,14 @@ def test_nve_like_ase(checkpoints, kind):
         calc = ORBCalculator(checkpoints[kind][1], device="cpu", max_num_neighbors=120)
     else:
         model, calc = jax_model(checkpoints, kind), calc_for(checkpoints, kind)
-    atoms = _nve_start()
-    dt, steps = 1.0 * units.fs, 20
-    ase_atoms = atoms.copy()
-    ase_atoms.calc = calc
-    ase_etot = []
-    dyn = AseVelocityVerlet(ase_atoms, dt)
-    dyn.attach(lambda: ase_etot.append(ase_atoms.get_total_energy()), interval=1)
-    t0 = time.perf_counter()
-    dyn.run(steps)  # the observer also runs before the first step: steps + 1 values
-    t_ase = time.perf_counter() - t0
-    ase_etot = np.asarray(ase_etot)
-
-    state, force_fn = state_from_atoms(atoms, model)
-    integ = velocity_verlet(force_fn, dt)
-    state = integ.init(state)
-    e0 = float(state.energy[0] + kinetic_energy(state.momenta, state.masses)[0])
-    t0 = time.perf_counter()
-    state, etot = run(integ, state, steps, record_fn=lambda s: s.energy + kinetic_energy(s.momenta, s.masses))
-    t_jax = time.perf_counter() - t0
-    etot = np.concatenate([[e0], np.asarray(etot)[:, 0]])
-    n = len(atoms)
-    drift_jax, drift_ase = np.ptp(etot) / n, np.ptp(ase_etot) / n
-    print(f"\nNVE {kind} {n} atoms, {steps} x 1 fs: ptp(E_tot)/atom jaxpto {drift_jax:.2e} eV ({t_jax:.1f} s), "
-          f"ASE {drift_ase:.2e} eV ({t_ase:.1f} s); max step-by-step difference "
-          f"{np.abs(etot - ase_etot).max() / n:.1e} eV/atom")
-    assert np.all(np.isfinite(etot)) and etot.shape == ase_etot.shape
-    assert np.abs(etot - ase_etot).max() / n < 1e-5  # the same energy history, step by step
+    run = h.nve_against_ase(model, calc, _nve_start(), 20, 1.0 * units.fs)
+    run.report(f"ORB {kind}, 1 fs")
+    n = run.n_atoms
+    print(f"max step-by-step difference {np.abs(run.jax_energy - run.ase_energy).max() / n:.1e} eV/atom")
+    assert np.abs(run.jax_energy - run.ase_energy).max() / n < 1e-5  # the same energy history, step by step
+    drift_jax, drift_ase = run.spread("jax", per_atom=True), run.spread("ase", per_atom=True)
     assert drift_jax <= 1.5 * drift_ase + 1e-5
-    assert np.abs(np.asarray(state.positions[0]) - ase_atoms.positions).max() < 1e-4
+    assert np.abs(run.jax_positions - run.ase_positions).max() < 1e-4
     if kind == "v3-conservative":
         assert drift_jax < 1e-4  # conserved
     else:
@@ -421,31 +342,13 @@ def test_nve_like_ase(checkpoints, kind):
 def test_calculator_swapped_for_bridge(checkpoints):
     """``atoms.calc = ORBCalculator(model)`` + jaxpto.md.VelocityVerlet runs through the bridge on
     the calculator's own (orb-v2 architecture) model object and follows ASE's VelocityVerlet."""
-    from ase.md.verlet import VelocityVerlet as AseVV
-
-    from jaxpto.md import VelocityVerlet
-
     calc = calc_for(checkpoints, "v2")
-    ref = _nve_start(21)
-    ref.calc = calc
-    AseVV(ref, timestep=1.0 * units.fs).run(5)
-
-    atoms = _nve_start(21)
-    atoms.calc = calc
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-        dyn.run(5)
-    messages = [str(w.message) for w in caught]
-    assert not [m for m in messages if "callback" in m], messages
-    assert dyn.force_kind == "bridge"
+    dyn, atoms, ase_positions = h.calculator_swap(calc, lambda: _nve_start(21), 5)
     efs = dyn._model_obj.compute.efs
     assert isinstance(efs, orb_bridge.ORBEFS) and efs.model is calc.model
     assert (efs.radius, efs.max_num_neighbors, efs.conservative) == (6.0, 20, False)
-    assert np.abs(atoms.positions - ref.positions).max() <= 1e-4
-    check = atoms.copy()
-    check.calc = calc
-    assert np.abs(check.get_forces() - atoms.get_forces()).max() <= 1e-4
+    assert np.abs(atoms.positions - ase_positions).max() <= 1e-4
+    h.assert_calculator_still_agrees(calc, atoms, 1e-4)
 
 
 def test_efs_from_calculator_settings(checkpoints):
@@ -477,42 +380,33 @@ def test_pretrained_names_registered():
         assert name in pretrained.ORB_PRETRAINED_MODELS  # ORB's own name for the same model
 
 
-def test_offline_name_load_fails_fast(monkeypatch, tmp_path):
+def test_offline_name_load_fails_fast(monkeypatch, tmp_path, offline):
     """Weights neither cached nor reachable: a clear error at once, ORB's own downloader never runs."""
     import cached_path.common
-    import requests
 
     monkeypatch.setattr(cached_path.common, "CACHE_DIRECTORY", tmp_path)  # an empty cache
-
-    def offline(*args, **kwargs):
-        raise requests.ConnectionError("no network in this test")
 
     def must_not_download(*args, **kwargs):  # ORB's cached_path retries for ~30 s offline
         raise AssertionError("ORB's downloader was called")
 
-    monkeypatch.setattr(requests, "head", offline)
     monkeypatch.setattr(pretrained, "cached_path", must_not_download)
-    t0 = time.perf_counter()
-    with pytest.raises(RuntimeError) as info:
-        jaxpto.load_model("orb-v2", device="cpu")
-    assert time.perf_counter() - t0 < 5.0
-    message = str(info.value)
+    message = h.assert_fails_fast(lambda: jaxpto.load_model("orb-v2", device="cpu"), RuntimeError)
     assert "orb-v2-20241011.ckpt" in message and "https://" in message and "load_model(" in message
+    assert len(offline) == 1  # one probe
 
 
-def test_cached_weights_found_without_network(monkeypatch, tmp_path):
+def test_cached_weights_found_without_network(monkeypatch, tmp_path, offline):
     """A pretrained file already in orb-models' cache is used as it is (no ETag request)."""
     import cached_path.common
-    import requests
     from cached_path.util import resource_to_filename
 
     url = "https://orbitalmaterials-public-models.s3.us-west-1.amazonaws.com/forcefields/orb-v2-20241011.ckpt"
     monkeypatch.setattr(cached_path.common, "CACHE_DIRECTORY", tmp_path)
     cached = tmp_path / f"{resource_to_filename(url)}.abc123"  # cached_path's name: hash(url).hash(etag)
     cached.write_bytes(b"weights")
-    monkeypatch.setattr(requests, "head", lambda *a, **k: pytest.fail("network probed"))
     path = orb_bridge._pretrained_weights("orb-v2", pretrained.ORB_PRETRAINED_MODELS["orb-v2"], 1.0)
     assert path == str(cached)
+    assert offline == []  # the network was not probed
 
 
 def test_looks_like_and_family_detection(checkpoints, tmp_path):

@@ -13,23 +13,13 @@ import warnings
 
 import numpy as np
 import pytest
-from ase import Atoms, units
+from ase import units
 
-import torch  # noqa: E402  (a core dependency)
+import torch  # noqa: E402,F401  (a core dependency)
+
+import bridge_harness as h
 
 POS_TOL = 1e-4  # A, after 10 steps (float32 models)
-
-
-def pto10():
-    a, c = 3.87411, 4.19948
-    frac = [(0, 0, 0), (0.5, 0.5, 0.54), (0.5, 0.5, 0.11), (0.5, 0, 0.62), (0, 0.5, 0.62)]
-    atoms = Atoms("PbTiO3", scaled_positions=frac, cell=[a, a, c], pbc=True).repeat((2, 1, 1))
-    atoms.rattle(0.02, seed=3)
-    # ~300 K Maxwell-Boltzmann momenta, fixed seed (the same start for ASE and jaxpto)
-    sigma = np.sqrt(units.kB * 300 * atoms.get_masses())[:, None]
-    atoms.set_momenta(sigma * np.random.default_rng(7).normal(size=(len(atoms), 3)))
-    return atoms
-
 
 _calcs = {}
 
@@ -51,36 +41,16 @@ def calculator(kind):
 
 @pytest.mark.parametrize("kind", ["sevenn", "chgnet"])
 def test_calculator_swapped_for_bridge_matches_ase(kind):
-    from ase.md.verlet import VelocityVerlet as AseVV
-
-    from jaxpto.md import VelocityVerlet
-
     calc = calculator(kind)
-    ref = pto10()
-    ref.calc = calc
-    AseVV(ref, timestep=1.0 * units.fs).run(10)
-    ref_pos = ref.positions.copy()
-
-    atoms = pto10()
-    atoms.calc = calc
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-        dyn.run(10)
-    messages = [str(w.message) for w in caught]
-    assert not [m for m in messages if "callback" in m], messages
-    assert dyn.force_kind == "bridge"
+    dyn, atoms, ase_positions = h.calculator_swap(calc, h.pto10, 10)
     efs = dyn._model_obj.compute.efs
     assert efs.model is calc.model  # the calculator's own loaded network, not a second load
     assert atoms.calc is calc
-    assert np.abs(atoms.positions - ref_pos).max() <= POS_TOL
+    assert np.abs(atoms.positions - ase_positions).max() <= POS_TOL
 
     # The calculator still works on its own after the bridge used its model (SevenNet: the
     # batched-graph mode is switched back), and agrees with the written-back results.
-    written_forces = atoms.get_forces().copy()
-    check = atoms.copy()
-    check.calc = calc
-    assert np.abs(check.get_forces() - written_forces).max() <= 1e-4
+    h.assert_calculator_still_agrees(calc, atoms, 1e-4)
 
 
 def test_bridge_disagreement_falls_back_to_callback():
@@ -91,7 +61,7 @@ def test_bridge_disagreement_falls_back_to_callback():
     base = calculator("chgnet")
     with contextlib.redirect_stdout(io.StringIO()):
         odd = CHGNetCalculator(base.model, use_device="cpu", stress_weight=2 * units.GPa)
-    atoms = pto10()
+    atoms = h.pto10()
     atoms.calc = odd
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     with pytest.warns(UserWarning, match="does not reproduce") as caught:

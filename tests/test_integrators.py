@@ -107,13 +107,13 @@ def test_bussi_statistics_and_energy_bookkeeping(lj_model, cu_atoms):
 
     def record(s):
         return temperature_K(s.momenta, s.masses), s.energy + kinetic_energy(s.momenta, s.masses) \
-            - s.integrator.transferred_energy
+            - s.variables.transferred_energy
 
     state, (temps, conserved) = run(integ, state, 8000, record_fn=record, record_every=4)
     # E_total - transferred energy is a constant of motion up to the Verlet error (~5 meV here),
     # while the thermostat moves ~1 eV in and out of these systems.
     assert np.abs(conserved - np.asarray(conserved0)).max() < 2e-2
-    assert np.abs(np.asarray(state.integrator.transferred_energy)).max() > 0.3
+    assert np.abs(np.asarray(state.variables.transferred_energy)).max() > 0.3
     temps = temps[200:]
     np.testing.assert_allclose(temps.mean(axis=0), T0, rtol=0.05)
     np.testing.assert_allclose(temps.std(axis=0), T0 * np.sqrt(2 / (3 * state.n_atoms)), rtol=0.2)
@@ -126,12 +126,12 @@ def test_bussi_transferred_energy_is_exact_at_tiny_timestep(lj_model, cu_atoms):
     state = integ.init(state, temperature_K=300, taut=100 * units.fs)
 
     def conserved(s):
-        return s.energy + kinetic_energy(s.momenta, s.masses) - s.integrator.transferred_energy
+        return s.energy + kinetic_energy(s.momenta, s.masses) - s.variables.transferred_energy
 
     start = np.asarray(conserved(state))
     state, values = run(integ, state, 100, record_fn=conserved)
     assert np.abs(values - start).max() < 1e-10
-    assert abs(float(state.integrator.transferred_energy[0])) > 1e-6
+    assert abs(float(state.variables.transferred_energy[0])) > 1e-6
 
 
 def test_bussi_rejects_zero_kinetic_energy_like_ase(lj_model, cu_atoms):

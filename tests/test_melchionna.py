@@ -242,7 +242,7 @@ def test_non_triangular_cell_raises_with_fix(lj_model, ase_calc):
                              momenta=fixed.get_momenta())
     np.testing.assert_allclose(state2.energy, state.energy, rtol=1e-10)
     state2 = integ.init(state2, 300.0, ttime=TTIME, pfactor=PFACTOR, externalstress=0.0)
-    assert not bool(state2.integrator.upper[0])  # ASE's standard form is lower-triangular
+    assert not bool(state2.variables.upper[0])  # ASE's standard form is lower-triangular
 
 
 def test_parameter_errors(lj_model):
@@ -266,9 +266,9 @@ def test_parameter_errors(lj_model):
     # thermostat off: T = 0 is allowed (ASE too); per-replica parameters are stored as arrays
     s = integ.init(state, [0.0, 300.0, 300.0], ttime=None, pfactor=[None, PFACTOR, PFACTOR],
                    externalstress=[0.0, GPA, 0.0])
-    np.testing.assert_array_equal(np.asarray(s.integrator.barostat), [False, True, True])
-    np.testing.assert_array_equal(np.asarray(s.integrator.thermostat), [False] * 3)
-    np.testing.assert_allclose(np.asarray(s.integrator.externalstress)[1], [-GPA] * 3 + [0.0] * 3)
+    np.testing.assert_array_equal(np.asarray(s.variables.barostat), [False, True, True])
+    np.testing.assert_array_equal(np.asarray(s.variables.thermostat), [False] * 3)
+    np.testing.assert_allclose(np.asarray(s.variables.externalstress)[1], [-GPA] * 3 + [0.0] * 3)
     # centre-of-mass momentum removed as ASE does (p -= sum(p) / N); the input state is untouched
     np.testing.assert_allclose(np.asarray(s.momenta).sum(1), 0.0, atol=1e-12)
     assert np.abs(np.asarray(state.momenta).sum(1)).max() > 1.0

@@ -99,7 +99,7 @@ def test_npt_equals_ase(lj_model, cu_atoms, kind, mask, pressure_gpa, chains):
     assert np.abs(snaps[3][:, 0] - e0).max() < 0.04
     if mask is not None:
         # Frozen axes keep zero cell momentum.
-        assert np.all(np.asarray(final.integrator.p_cell)[0, ~np.asarray(mask)] == 0.0)
+        assert np.all(np.asarray(final.variables.p_cell)[0, ~np.asarray(mask)] == 0.0)
 
 
 @pytest.mark.parametrize("kind,mask", [("full", None), ("isotropic", None), ("masked", (True, True, False))])
@@ -161,7 +161,7 @@ def test_float32_run_tracks_float64(lj_model, cu_atoms):
         integ = mtk_npt(force_fn, DT)
         state = integ.init(state, temperature_K=300.0, pressure_au=1.0 * units.GPa, tdamp=TDAMP, pdamp=PDAMP)
         state = jax.jit(lambda s: jax.lax.scan(lambda c, _: (integ.step(c), None), s, None, length=100)[0])(state)
-        assert state.positions.dtype == dtype and state.integrator.p_cell.dtype == dtype
+        assert state.positions.dtype == dtype and state.variables.p_cell.dtype == dtype
         out[dtype] = state
     s32, s64 = out[jnp.float32], out[jnp.float64]
     assert max_rel(s32.positions, s64.positions) < 1e-5
@@ -182,6 +182,6 @@ def test_init_validates(lj_model, cu_atoms):
     with pytest.raises(ValueError, match="freezes"):
         mtk_npt(force_fn, DT, mask=(False, False, False))
     iso = isotropic_mtk_npt(force_fn, DT).init(state, 300.0, 0.0, TDAMP, PDAMP)
-    np.testing.assert_allclose(iso.integrator.volume0, abs(np.linalg.det(cu_atoms.cell.array)))
+    np.testing.assert_allclose(iso.variables.volume0, abs(np.linalg.det(cu_atoms.cell.array)))
     with pytest.raises(TypeError, match="MTK"):
         mtk_conserved_energy(state)

@@ -67,7 +67,7 @@ def test_nvt_equals_ase(lj_model, cu_atoms, tchain, tloop):
     assert worst["conserved_eV"] <= 1e-8, worst
     assert int(final.step) == N_CHUNKS * CHUNK
     # The thermostat acts: the chain is no longer at rest.
-    assert float(jnp.abs(final.integrator.p_eta[0, 0])) > 0
+    assert float(jnp.abs(final.variables.p_eta[0, 0])) > 0
     # Conserved to the O(dt^2) level (measured ~2e-3 eV for 32 atoms at 1 fs), no secular drift.
     assert np.abs(snaps[3][:, 0] - e0).max() < 5e-3
 

@@ -21,13 +21,13 @@ import jax.numpy as jnp
 from ase import units
 from flax import struct
 
-from jaxpto.integrators.base import Integrator, check_timestep
+from jaxpto.integrators.base import Integrator, check_timestep, slot_parameters_only
 from jaxpto.integrators.verlet import velocity_verlet
 from jaxpto.state import MDState, ForceFn, kinetic_energy, per_replica
 
 
 @struct.dataclass
-class BussiParams:
+class BussiVariables:
     kT: jax.Array  # [R] eV
     taut: jax.Array  # [R] ASE time
     transferred_energy: jax.Array  # [R] eV
@@ -37,13 +37,18 @@ def bussi(force_fn: ForceFn, dt: float) -> Integrator:
     dt = check_timestep(dt)
     vv = velocity_verlet(force_fn, dt)
 
-    def init(state: MDState, temperature_K, taut) -> MDState:
+    def variables(state: MDState, temperature_K, taut, transferred_energy) -> BussiVariables:
         R = state.n_replicas
         dtype = state.positions.dtype
         t = per_replica(temperature_K, R, "temperature_K", dtype)
         tau = per_replica(taut, R, "taut", dtype)
+        if bool(jnp.any(t < 0)):
+            raise ValueError(f"temperature_K must be >= 0, got {t}")
         if bool(jnp.any(tau <= 0)):
             raise ValueError(f"taut must be positive (ASE time units), got {tau}")
+        return BussiVariables(kT=units.kB * t, taut=tau, transferred_energy=transferred_energy)
+
+    def init(state: MDState, temperature_K, taut) -> MDState:
         ke = kinetic_energy(state.momenta, state.masses)
         if bool(jnp.any(jnp.abs(ke) <= 1e-12)):
             raise ValueError(
@@ -51,11 +56,17 @@ def bussi(force_fn: ForceFn, dt: float) -> Integrator:
                 f"{jnp.flatnonzero(jnp.abs(ke) <= 1e-12).tolist()}. Please set the initial velocities "
                 "(e.g. MaxwellBoltzmannDistribution) before running Bussi NVT."
             )
-        return state.replace(integrator=BussiParams(kT=units.kB * t, taut=tau,
-                                                     transferred_energy=jnp.zeros(R, dtype)))
+        zeros = jnp.zeros(state.n_replicas, state.positions.dtype)
+        return state.replace(variables=variables(state, temperature_K, taut, zeros))
+
+    def set_parameters(state: MDState, temperature_K=None, taut=None) -> MDState:
+        """New temperatures (K) and/or ``taut`` (ASE time) for a running state; the transferred energy carries on."""
+        v: BussiVariables = state.variables
+        t = v.kT / units.kB if temperature_K is None else temperature_K
+        return state.replace(variables=variables(state, t, v.taut if taut is None else taut, v.transferred_energy))
 
     def step(state: MDState) -> MDState:
-        p: BussiParams = state.integrator
+        p: BussiVariables = state.variables
         ndof = 3 * state.n_atoms
         dtype = state.positions.dtype
         exp_term = jnp.exp(-dt / p.taut)
@@ -70,8 +81,9 @@ def bussi(force_fn: ForceFn, dt: float) -> Integrator:
         state = state.replace(
             momenta=alpha[:, None, None] * state.momenta,
             key=keys[:, 0],
-            integrator=p.replace(transferred_energy=p.transferred_energy + (alpha**2 - 1.0) * ke),
+            variables=p.replace(transferred_energy=p.transferred_energy + (alpha**2 - 1.0) * ke),
         )
         return vv.step(state)
 
-    return Integrator(init=init, step=step, name="Bussi")
+    return Integrator(init=init, step=step, name="Bussi", set_parameters=set_parameters,
+                      exchange_variables=slot_parameters_only)

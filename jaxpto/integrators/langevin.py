@@ -28,20 +28,32 @@ import jax.numpy as jnp
 from ase import units
 from flax import struct
 
-from jaxpto.integrators.base import Integrator, check_timestep
+from jaxpto.integrators.base import Integrator, check_timestep, slot_parameters_only
 from jaxpto.state import MDState, ForceFn, evaluate, per_replica
 
 
 @struct.dataclass
-class LangevinParams:
+class LangevinVariables:
     kT: jax.Array  # [R] eV
     friction: jax.Array  # [R] 1 / ASE time
+
+
+def langevin_coefficients(params: LangevinVariables, masses, dt: float):
+    """``c1 .. c5`` of the module docstring per replica and atom (``[R, N, 1]``), as ASE's ``updatevars``."""
+    fr = params.friction[:, None, None]
+    sigma = jnp.sqrt(2 * params.kT[:, None, None] * fr / masses[None, :, None])
+    c1 = dt / 2.0 - dt * dt * fr / 8.0
+    c2 = dt * fr / 2 - dt * dt * fr * fr / 8.0
+    c3 = jnp.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr * sigma / 8.0
+    c5 = dt**1.5 * sigma / (2 * jnp.sqrt(3.0))
+    c4 = fr / 2.0 * c5
+    return c1, c2, c3, c4, c5
 
 
 def langevin(force_fn: ForceFn, dt: float, fixcm: bool = True) -> Integrator:
     dt = check_timestep(dt)
 
-    def init(state: MDState, temperature_K, friction) -> MDState:
+    def variables(state: MDState, temperature_K, friction) -> LangevinVariables:
         R = state.n_replicas
         dtype = state.positions.dtype
         t = per_replica(temperature_K, R, "temperature_K", dtype)
@@ -50,24 +62,23 @@ def langevin(force_fn: ForceFn, dt: float, fixcm: bool = True) -> Integrator:
             raise ValueError(f"temperature_K must be >= 0, got {t}")
         if bool(jnp.any(fr < 0)):
             raise ValueError(f"friction must be >= 0 (1/ASE time units, e.g. 0.01 / units.fs), got {fr}")
+        return LangevinVariables(kT=units.kB * t, friction=fr)
+
+    def init(state: MDState, temperature_K, friction) -> MDState:
         if fixcm and state.n_atoms < 2:
             raise ValueError("fixcm=True needs at least 2 atoms; use fixcm=False for a single atom")
-        return state.replace(integrator=LangevinParams(kT=units.kB * t, friction=fr))
+        return state.replace(variables=variables(state, temperature_K, friction))
 
-    def coefficients(params: LangevinParams, masses):
-        fr = params.friction[:, None, None]
-        sigma = jnp.sqrt(2 * params.kT[:, None, None] * fr / masses[None, :, None])
-        c1 = dt / 2.0 - dt * dt * fr / 8.0
-        c2 = dt * fr / 2 - dt * dt * fr * fr / 8.0
-        c3 = jnp.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr * sigma / 8.0
-        c5 = dt**1.5 * sigma / (2 * jnp.sqrt(3.0))
-        c4 = fr / 2.0 * c5
-        return c1, c2, c3, c4, c5
+    def set_parameters(state: MDState, temperature_K=None, friction=None) -> MDState:
+        """New temperatures (K) and/or frictions (1/ASE time) for a running state; the rest carries on."""
+        v: LangevinVariables = state.variables
+        t = v.kT / units.kB if temperature_K is None else temperature_K
+        return state.replace(variables=variables(state, t, v.friction if friction is None else friction))
 
     def step(state: MDState) -> MDState:
         masses = state.masses[None, :, None]
         n = state.n_atoms
-        c1, c2, c3, c4, c5 = coefficients(state.integrator, state.masses)
+        c1, c2, c3, c4, c5 = langevin_coefficients(state.variables, state.masses, dt)
         keys = jax.vmap(lambda k: jax.random.split(k, 3))(state.key)
         shape = state.positions.shape[1:]
         xi = jax.vmap(lambda k: jax.random.normal(k, shape, state.positions.dtype))(keys[:, 1])
@@ -90,4 +101,5 @@ def langevin(force_fn: ForceFn, dt: float, fixcm: bool = True) -> Integrator:
         v = v + (c1 * state.forces / masses - c2 * v + rnd_vel)
         return state.replace(momenta=v * masses, key=keys[:, 0], step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="Langevin")
+    return Integrator(init=init, step=step, name="Langevin", set_parameters=set_parameters,
+                      exchange_variables=slot_parameters_only)

@@ -78,11 +78,12 @@ from ase import units
 from flax import struct
 
 from jaxpto.integrators.base import Integrator, check_timestep
+from jaxpto.sharding import to_host
 from jaxpto.state import MDState, ForceFn, evaluate, per_replica
 
 
 @struct.dataclass
-class MelchionnaState:
+class MelchionnaVariables:
     """Variables (``q``: scaled positions at ``t-dt, t, t+dt``; ``h(t-dt)``; ``eta``, ``zeta``) and parameters."""
 
     q: jax.Array  # [R, N, 3] scaled positions r h^-1 - 1/2 at t
@@ -202,7 +203,7 @@ _TRIANGULAR_HELP = (
 
 def _check_triangular(cell) -> None:
     try:
-        h = np.asarray(cell)
+        h = to_host(cell)
     except Exception:  # traced inside jit: cannot check here
         return
     upper = (h[:, 1, 0] == 0) & (h[:, 2, 0] == 0) & (h[:, 2, 1] == 0)
@@ -325,14 +326,14 @@ def _initialize(state: MDState, kT, ext, ttime_a, pfactor_a, thermostat, barosta
     q_past = jnp.where(stop, q_past0, q_past1)
     q_future = jnp.where(stop, q_fut0, q_fut1)
 
-    variables = MelchionnaState(
+    variables = MelchionnaVariables(
         q=q, q_past=q_past, q_future=q_future, h_past=h_past,
         eta=eta, eta_past=eta_past, zeta=zeta, zeta_past=zeta_past,
         zeta_integrated=jnp.zeros((R,), dtype),
         kT=kT, externalstress=ext, ttime=ttime_a, pfactor=pfactor_a, tfact=tfact, pfact=pfact,
         desired_ekin=desired_ekin, thermostat=thermostat, barostat=barostat, upper=upper,
     )
-    return state.replace(integrator=variables)
+    return state.replace(variables=variables)
 
 
 def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: float = 1.0) -> Integrator:
@@ -379,7 +380,7 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
                            dt=dt, mask=tuple(mask_np.ravel().tolist()), frac_traceless=frac_traceless)
 
     def step(state: MDState) -> MDState:
-        v: MelchionnaState = state.integrator
+        v: MelchionnaVariables = state.variables
         mask_j = jnp.asarray(mask_np, state.positions.dtype)
         h = state.cell
         h_future = v.h_past + 2 * dt * (h @ v.eta)
@@ -403,9 +404,54 @@ def melchionna_npt(force_fn: ForceFn, dt: float, mask=None, frac_traceless: floa
             eta=eta_future, eta_past=v.eta, zeta=zeta_future, zeta_past=v.zeta,
             zeta_integrated=zeta_integrated,
         )
-        return state.replace(momenta=momenta, integrator=variables, step=state.step + 1)
+        return state.replace(momenta=momenta, variables=variables, step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="MelchionnaNPT")
+    return Integrator(init=init, step=step, name="MelchionnaNPT", set_parameters=melchionna_set_parameters,
+                      exchange_variables=melchionna_exchange_variables)
+
+
+def melchionna_set_parameters(state: MDState, temperature_K=None, externalstress=None) -> MDState:
+    """ASE's ``set_temperature`` and ``set_stress`` for a running state (K; eV/A^3, ASE sign).
+
+    As ASE's ``_calculateconstants``: a new temperature recomputes ``tfact``, ``desired_ekin``
+    and ``pfact = 1 / (pfactor det h)`` with the *current* cell; a new stress only replaces it.
+    """
+    v: MelchionnaVariables = state.variables
+    R, N = state.n_replicas, state.n_atoms
+    dtype = state.positions.dtype
+    if externalstress is not None:
+        v = v.replace(externalstress=jnp.asarray(_external_stress(externalstress, R), dtype))
+    if temperature_K is not None:
+        T = np.asarray(per_replica(temperature_K, R, "temperature_K", np.float64))
+        if np.any(T < 0) or np.any(to_host(v.thermostat) & (T <= 0)):
+            raise ValueError(f"temperature_K must be >= 0 (> 0 where the thermostat is on), got {T}")
+        kT = jnp.asarray(units.kB * T, dtype)
+        safe_ttime = jnp.where(v.thermostat, v.ttime, 1.0)
+        tfact = jnp.where(v.thermostat, 2.0 / (3 * N * kT * safe_ttime * safe_ttime), 0.0)
+        det_h = jnp.linalg.det(state.cell)
+        pfact = jnp.where(v.barostat, 1.0 / jnp.where(v.barostat, v.pfactor * det_h, 1.0), 0.0)
+        v = v.replace(kT=kT, tfact=tfact, pfact=pfact, desired_ekin=1.5 * (N - 1) * kT)
+    return state.replace(variables=v)
+
+
+def melchionna_exchange_variables(moved: MDState, v: MelchionnaVariables, perm, ratio) -> MelchionnaVariables:
+    """Melchionna's variables after replica exchange (slot ``r`` receives slot ``perm[r]``'s configuration).
+
+    The centred-difference scheme holds the atoms' velocities in ``q(t+dt) - q(t-dt)``: with
+    ``s = sqrt(T_new / T_old)`` both are moved to ``q + s (q_+- - q)``, which scales the momenta by
+    ``s`` as Sugita & Okamoto's rescaling (Chem. Phys. Lett. 314, 141 (1999)). The thermostat
+    friction ``zeta`` (mass ~ kT: its distribution does not depend on T) is kept; the strain rate
+    ``eta`` (mass ``pfactor det h_0``, independent of T) is scaled by ``s``, and with it the cell's
+    past ``h(t-dt) = h + s (h_past - h)``, as Mori & Okamoto do for constant-pressure exchange
+    (J. Phys. Soc. Jpn. 79, 074001 (2010)). Parameters, ``zeta_integrated`` (the slot's Gibbs
+    accounting) and the cell form stay with the slot.
+    """
+    s = jnp.sqrt(ratio)[:, None, None]
+    q = v.q[perm]
+    h = moved.cell
+    return v.replace(q=q, q_future=q + s * (v.q_future[perm] - q), q_past=q + s * (v.q_past[perm] - q),
+                     h_past=h + s * (v.h_past[perm] - h), eta=s * v.eta[perm], eta_past=s * v.eta_past[perm],
+                     zeta=v.zeta[perm], zeta_past=v.zeta_past[perm])
 
 
 def melchionna_gibbs_energy(state: MDState) -> jax.Array:
@@ -415,8 +461,8 @@ def melchionna_gibbs_energy(state: MDState) -> jax.Array:
     [+ eta:eta / (2 pfact)]``; the bracketed terms only where the thermostat /
     barostat is on.
     """
-    v: MelchionnaState = state.integrator
-    if not isinstance(v, MelchionnaState):
+    v: MelchionnaVariables = state.variables
+    if not isinstance(v, MelchionnaVariables):
         raise TypeError("melchionna_gibbs_energy needs a state initialised by melchionna_npt(...).init")
     n = state.n_atoms
     contractedeta = jnp.sum(v.eta * v.eta, axis=(1, 2))

@@ -90,14 +90,17 @@ from flax import struct
 
 from jaxpto.integrators.base import Integrator, check_timestep
 from jaxpto.integrators.nose_hoover_chain import (
-    NHCChain,
+    NoseHooverChainVariables,
     _check_positive,
     atoms_kinetic2,
     chain_energy,
     chain_init,
     chain_propagate,
     thermostat_init,
+    retarget_chain,
+    exchange_chain,
 )
+from jaxpto.sharding import to_host
 from jaxpto.state import MDState, ForceFn, evaluate, kinetic_energy, kinetic_stress, per_replica, volume
 
 # ---------------------------------------------------------------------------
@@ -132,10 +135,10 @@ def exprel(x: jax.Array) -> jax.Array:
 
 @struct.dataclass
 class MTKVariables:
-    """``state.integrator`` of :func:`mtk_npt` (full and masked cell)."""
+    """``state.variables`` of :func:`mtk_npt` (full and masked cell)."""
 
-    thermostat: NHCChain  # atoms' chain (dof 3N)
-    barostat: NHCChain  # cell chain (dof 9, or sum(mask))
+    thermostat: NoseHooverChainVariables  # atoms' chain (dof 3N)
+    barostat: NoseHooverChainVariables  # cell chain (dof 9, or sum(mask))
     p_cell: jax.Array  # [R,3,3] p_g (full) or [R,3] p_c (masked), eV * ASE time
     W: jax.Array  # [R] cell mass, (N + 1) kT tau_p^2
     pressure: jax.Array  # [R] external pressure, eV/A^3
@@ -144,10 +147,10 @@ class MTKVariables:
 
 @struct.dataclass
 class IsotropicMTKVariables:
-    """``state.integrator`` of :func:`isotropic_mtk_npt`."""
+    """``state.variables`` of :func:`isotropic_mtk_npt`."""
 
-    thermostat: NHCChain
-    barostat: NHCChain  # dof 1, R_1 = 9 kT tau_p^2 (ASE)
+    thermostat: NoseHooverChainVariables
+    barostat: NoseHooverChainVariables  # dof 1, R_1 = 9 kT tau_p^2 (ASE)
     eps: jax.Array  # [R] (1/3) ln(V / V0)
     p_eps: jax.Array  # [R]
     W: jax.Array  # [R] (3N + 3) kT tau_p^2
@@ -170,7 +173,7 @@ def _npt_parameters(state: MDState, temperature_K, pressure_au, tdamp, pdamp):
 
 
 def _check_cell(state: MDState) -> None:
-    cell = np.asarray(state.cell)
+    cell = to_host(state.cell)
     if np.any(np.abs(np.linalg.det(cell)) < 1e-12):
         raise ValueError("NPT needs a periodic cell with three independent lattice vectors (non-zero volume)")
 
@@ -178,6 +181,90 @@ def _check_cell(state: MDState) -> None:
 def _eig(p_g):
     """Eigen-decomposition of the symmetric ``[R,3,3]`` cell momentum (``U`` columns = eigenvectors)."""
     return jnp.linalg.eigh(p_g)
+
+
+# ---------------------------------------------------------------------------
+# Pieces of the full / masked cell step (mask: None or three booleans)
+# ---------------------------------------------------------------------------
+
+
+def _full_p_g(v: MTKVariables, mask):
+    if mask is None:
+        return v.p_cell
+    # sum_c p_c e_c (x) e_c  ==  ASE's (p_c * h0.T) @ h0
+    return jnp.einsum("rc,rca,rcb->rab", v.p_cell, v.basis, v.basis)
+
+
+def _cell_kinetic2(v: MTKVariables):
+    axes = tuple(range(1, v.p_cell.ndim))
+    return lambda p: jnp.sum(p**2, axis=axes) / v.W
+
+
+def _integrate_p_cell(state: MDState, v: MTKVariables, p, delta, mask):
+    """``p_g += delta G`` (exp(iL_g2 delta)); stress at the current positions/cell and momenta ``p``."""
+    masses = state.masses[None, :, None]
+    pressure_tensor = -(state.stress + kinetic_stress(p, state.masses, state.cell))
+    V = volume(state.cell)
+    kinetic_term = jnp.sum(p**2 / masses, axis=(1, 2)) / (3 * state.n_atoms)
+    eye = jnp.eye(3, dtype=p.dtype)
+    pv = V[:, None, None] * (pressure_tensor - v.pressure[:, None, None] * eye)
+    if mask is None:
+        G = pv + kinetic_term[:, None, None] * eye
+        return v.replace(p_cell=v.p_cell + delta * G)
+    gc = jnp.einsum("rca,rab,rcb->rc", v.basis, pv, v.basis) + kinetic_term[:, None]
+    return v.replace(p_cell=jnp.where(np.asarray(mask)[None, :], v.p_cell + delta * gc, v.p_cell))
+
+
+def _integrate_p(p, forces, lam, U, p_g, W, n_atoms, delta):
+    kappas = lam + jnp.trace(p_g, axis1=1, axis2=2)[:, None] / (3 * n_atoms)
+    a = (-kappas * delta / W[:, None])[:, None, :]
+    y = p @ U
+    sol = y * jnp.exp(a) + delta * (forces @ U) * exprel(a)
+    return sol @ jnp.swapaxes(U, 1, 2)
+
+
+def _integrate_q(q, p, masses, lam, U, W, delta):
+    a = (lam * delta / W[:, None])[:, None, :]
+    x = q @ U
+    y = p @ U
+    sol = x * jnp.exp(a) + delta * y / masses * exprel(a)
+    return sol @ jnp.swapaxes(U, 1, 2)
+
+
+def _integrate_h(h, lam, U, W, delta):
+    n = h @ U
+    sol = n * jnp.exp(lam * delta / W[:, None])[:, None, :]
+    return sol @ jnp.swapaxes(U, 1, 2)
+
+
+def mtk_set_parameters(state: MDState, temperature_K=None, pressure_au=None) -> MDState:
+    """New temperatures (K) and/or pressures (eV/A^3) for a running MTK state: chain masses and the
+    cell mass ``W`` (all proportional to ``kT``) rescaled; positions and momenta of chains and cell
+    carry on. (Both MTK variants.)"""
+    v = state.variables
+    if temperature_K is not None:
+        thermostat = retarget_chain(v.thermostat, temperature_K)
+        ratio = thermostat.kT / v.thermostat.kT
+        barostat = v.barostat.replace(kT=thermostat.kT, Q=v.barostat.Q * ratio[:, None])
+        v = v.replace(thermostat=thermostat, barostat=barostat, W=v.W * ratio)
+    if pressure_au is not None:
+        v = v.replace(pressure=per_replica(pressure_au, state.n_replicas, "pressure_au", v.W.dtype))
+    return state.replace(variables=v)
+
+
+def _exchange_full(moved, v: MTKVariables, perm, ratio):
+    """Replica exchange: chains as :func:`exchange_chain`; the cell velocity ``p_cell / W`` kept (``W`` ~ kT)."""
+    scale = (v.W / v.W[perm]).reshape((-1,) + (1,) * (v.p_cell.ndim - 1))
+    return v.replace(thermostat=exchange_chain(v.thermostat, perm), barostat=exchange_chain(v.barostat, perm),
+                     p_cell=v.p_cell[perm] * scale, basis=None if v.basis is None else v.basis[perm])
+
+
+def _exchange_isotropic(moved, v: IsotropicMTKVariables, perm, ratio):
+    """Replica exchange: chains as :func:`exchange_chain`; ``eps`` and its reference cell move with the
+    configuration, the velocity ``p_eps / W`` is kept (``W`` ~ kT)."""
+    return v.replace(thermostat=exchange_chain(v.thermostat, perm), barostat=exchange_chain(v.barostat, perm),
+                     eps=v.eps[perm], p_eps=v.p_eps[perm] * (v.W / v.W[perm]), cell0=v.cell0[perm],
+                     volume0=v.volume0[perm])
 
 
 # ---------------------------------------------------------------------------
@@ -209,7 +296,6 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
         cell_dof = sum(mask)
         if cell_dof == 0:
             raise ValueError("mask=(False, False, False) freezes the cell: use nose_hoover_chain_nvt instead")
-        mask_arr = np.asarray(mask)
     else:
         cell_dof = 9
 
@@ -229,81 +315,39 @@ def mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int = 3, tloo
             basis = state.cell / jnp.linalg.norm(state.cell, axis=2)[:, :, None]
         variables = MTKVariables(thermostat=thermostat, barostat=barostat, p_cell=p_cell, W=W,
                                  pressure=P, basis=basis)
-        return state.replace(integrator=variables)
-
-    def full_p_g(v: MTKVariables):
-        if mask is None:
-            return v.p_cell
-        # sum_c p_c e_c (x) e_c  ==  ASE's (p_c * h0.T) @ h0
-        return jnp.einsum("rc,rca,rcb->rab", v.p_cell, v.basis, v.basis)
-
-    def cell_kinetic2(v: MTKVariables):
-        axes = tuple(range(1, v.p_cell.ndim))
-        return lambda p: jnp.sum(p**2, axis=axes) / v.W
-
-    def integrate_p_cell(state: MDState, v: MTKVariables, p, delta):
-        """``p_g += delta G`` (exp(iL_g2 delta)); stress at the current positions/cell and momenta ``p``."""
-        masses = state.masses[None, :, None]
-        pressure_tensor = -(state.stress + kinetic_stress(p, state.masses, state.cell))
-        V = volume(state.cell)
-        kinetic_term = jnp.sum(p**2 / masses, axis=(1, 2)) / (3 * state.n_atoms)
-        eye = jnp.eye(3, dtype=p.dtype)
-        pv = V[:, None, None] * (pressure_tensor - v.pressure[:, None, None] * eye)
-        if mask is None:
-            G = pv + kinetic_term[:, None, None] * eye
-            return v.replace(p_cell=v.p_cell + delta * G)
-        gc = jnp.einsum("rca,rab,rcb->rc", v.basis, pv, v.basis) + kinetic_term[:, None]
-        return v.replace(p_cell=jnp.where(mask_arr[None, :], v.p_cell + delta * gc, v.p_cell))
-
-    def integrate_p(p, forces, lam, U, p_g, W, n_atoms, delta):
-        kappas = lam + jnp.trace(p_g, axis1=1, axis2=2)[:, None] / (3 * n_atoms)
-        a = (-kappas * delta / W[:, None])[:, None, :]
-        y = p @ U
-        sol = y * jnp.exp(a) + delta * (forces @ U) * exprel(a)
-        return sol @ jnp.swapaxes(U, 1, 2)
-
-    def integrate_q(q, p, masses, lam, U, W, delta):
-        a = (lam * delta / W[:, None])[:, None, :]
-        x = q @ U
-        y = p @ U
-        sol = x * jnp.exp(a) + delta * y / masses * exprel(a)
-        return sol @ jnp.swapaxes(U, 1, 2)
-
-    def integrate_h(h, lam, U, W, delta):
-        n = h @ U
-        sol = n * jnp.exp(lam * delta / W[:, None])[:, None, :]
-        return sol @ jnp.swapaxes(U, 1, 2)
+        return state.replace(variables=variables)
 
     def step(state: MDState) -> MDState:
         dt2 = dt / 2
-        v: MTKVariables = state.integrator
+        v: MTKVariables = state.variables
         masses = state.masses[None, :, None]
         kin2 = atoms_kinetic2(state.masses)
         N = state.n_atoms
 
-        barostat, p_cell = chain_propagate(v.barostat, v.p_cell, cell_kinetic2(v), dt2, ploop)
+        barostat, p_cell = chain_propagate(v.barostat, v.p_cell, _cell_kinetic2(v), dt2, ploop)
         v = v.replace(barostat=barostat, p_cell=p_cell)
         thermostat, p = chain_propagate(v.thermostat, state.momenta, kin2, dt2, tloop)
         v = v.replace(thermostat=thermostat)
-        v = integrate_p_cell(state, v, p, dt2)
+        v = _integrate_p_cell(state, v, p, dt2, mask)
 
-        p_g = full_p_g(v)
+        p_g = _full_p_g(v, mask)
         lam, U = _eig(p_g)  # p_g is constant from here until the second iL_g2
-        p = integrate_p(p, state.forces, lam, U, p_g, v.W, N, dt2)
-        q = integrate_q(state.positions, p, masses, lam, U, v.W, dt)
-        h = integrate_h(state.cell, lam, U, v.W, dt)
+        p = _integrate_p(p, state.forces, lam, U, p_g, v.W, N, dt2)
+        q = _integrate_q(state.positions, p, masses, lam, U, v.W, dt)
+        h = _integrate_h(state.cell, lam, U, v.W, dt)
         state = evaluate(state, force_fn, positions=q, cell=h)
-        p = integrate_p(p, state.forces, lam, U, p_g, v.W, N, dt2)
+        p = _integrate_p(p, state.forces, lam, U, p_g, v.W, N, dt2)
 
-        v = integrate_p_cell(state, v, p, dt2)
+        v = _integrate_p_cell(state, v, p, dt2, mask)
         thermostat, p = chain_propagate(v.thermostat, p, kin2, dt2, tloop)
         v = v.replace(thermostat=thermostat)
-        barostat, p_cell = chain_propagate(v.barostat, v.p_cell, cell_kinetic2(v), dt2, ploop)
+        barostat, p_cell = chain_propagate(v.barostat, v.p_cell, _cell_kinetic2(v), dt2, ploop)
         v = v.replace(barostat=barostat, p_cell=p_cell)
-        return state.replace(momenta=p, integrator=v, step=state.step + 1)
+        return state.replace(momenta=p, variables=v, step=state.step + 1)
 
     name = "MTKNPT" if mask is None else f"MaskedMTKNPT{mask}"
-    return Integrator(init=init, step=step, name=name)
+    return Integrator(init=init, step=step, name=name, set_parameters=mtk_set_parameters,
+                      exchange_variables=_exchange_full)
 
 
 # ---------------------------------------------------------------------------
@@ -333,7 +377,7 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
         zeros = jnp.zeros_like(kT)
         variables = IsotropicMTKVariables(thermostat=thermostat, barostat=barostat, eps=zeros, p_eps=zeros,
                                           W=W, pressure=P, cell0=state.cell, volume0=volume(state.cell))
-        return state.replace(integrator=variables)
+        return state.replace(variables=variables)
 
     def integrate_p_cell(state: MDState, v: IsotropicMTKVariables, p, delta):
         masses = state.masses[None, :, None]
@@ -345,7 +389,7 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
 
     def step(state: MDState) -> MDState:
         dt2 = dt / 2
-        v: IsotropicMTKVariables = state.integrator
+        v: IsotropicMTKVariables = state.variables
         masses = state.masses[None, :, None]
         kin2 = atoms_kinetic2(state.masses)
         N = state.n_atoms
@@ -374,9 +418,10 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
         v = v.replace(thermostat=thermostat)
         barostat, p_eps = chain_propagate(v.barostat, v.p_eps, lambda pe: pe**2 / v.W, dt2, ploop)
         v = v.replace(barostat=barostat, p_eps=p_eps)
-        return state.replace(momenta=p, integrator=v, step=state.step + 1)
+        return state.replace(momenta=p, variables=v, step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="IsotropicMTKNPT")
+    return Integrator(init=init, step=step, name="IsotropicMTKNPT", set_parameters=mtk_set_parameters,
+                      exchange_variables=_exchange_isotropic)
 
 
 # ---------------------------------------------------------------------------
@@ -386,9 +431,9 @@ def isotropic_mtk_npt(force_fn: ForceFn, dt: float, tchain: int = 3, pchain: int
 
 def mtk_conserved_energy(state: MDState) -> jax.Array:
     """ASE's ``get_conserved_energy()`` of ``MTKNPT``/``MaskedMTKNPT``/``IsotropicMTKNPT``, per replica (eV)."""
-    v = state.integrator
+    v = state.variables
     if not isinstance(v, (IsotropicMTKVariables, MTKVariables)):
-        raise TypeError(f"state.integrator is {type(v).__name__}, not an MTK integrator's variables "
+        raise TypeError(f"state.variables is {type(v).__name__}, not an MTK integrator's variables "
                         "(initialise the state with mtk_npt(...).init or isotropic_mtk_npt(...).init)")
     base = state.energy + kinetic_energy(state.momenta, state.masses) + chain_energy(v.thermostat)
     base = base + chain_energy(v.barostat)

@@ -34,7 +34,7 @@ weights ``w = (w_1, w_2, w_1)``, ``w_1 = 1/(2 - 2^{1/3})``,
 
 The chain is written once, over any "particle" momentum: the atoms' momenta
 here, the cell momenta of the MTK barostats in :mod:`jaxpto.integrators.mtk`
-(:class:`NHCChain`, :func:`chain_init`, :func:`chain_propagate`,
+(:class:`NoseHooverChainVariables`, :func:`chain_init`, :func:`chain_propagate`,
 :func:`chain_energy`).
 
 Units are ASE's: ``dt`` and ``tdamp`` in ASE time units (``ase.units.fs``),
@@ -71,7 +71,7 @@ FOURTH_ORDER_COEFFS = (
 
 
 @struct.dataclass
-class NHCChain:
+class NoseHooverChainVariables:
     """One Nose-Hoover chain per replica (shapes ``[R, M]`` and ``[R]``).
 
     ``dof`` is the number of degrees of freedom the first link couples to
@@ -91,7 +91,7 @@ def _check_positive(values: jax.Array, name: str) -> None:
         raise ValueError(f"{name} must be positive, got {arr}")
 
 
-def chain_init(kT: jax.Array, tau: jax.Array, tchain: int, dof, mass_dof=None) -> NHCChain:
+def chain_init(kT: jax.Array, tau: jax.Array, tchain: int, dof, mass_dof=None) -> NoseHooverChainVariables:
     """A chain at rest: ``Q_1 = mass_dof kT tau^2``, ``Q_j = kT tau^2`` (``mass_dof`` defaults to ``dof``).
 
     ``kT`` and ``tau`` are ``[R]``; ``dof`` and ``mass_dof`` scalars. ASE's
@@ -108,10 +108,10 @@ def chain_init(kT: jax.Array, tau: jax.Array, tchain: int, dof, mass_dof=None) -
     qj = kT * tau**2
     Q = jnp.concatenate([q1[:, None], jnp.broadcast_to(qj[:, None], (kT.shape[0], tchain - 1))], axis=1)
     zeros = jnp.zeros_like(Q)
-    return NHCChain(eta=zeros, p_eta=zeros, Q=Q, kT=kT, dof=jnp.full(kT.shape, float(dof), dtype))
+    return NoseHooverChainVariables(eta=zeros, p_eta=zeros, Q=Q, kT=kT, dof=jnp.full(kT.shape, float(dof), dtype))
 
 
-def chain_energy(chain: NHCChain) -> jax.Array:
+def chain_energy(chain: NoseHooverChainVariables) -> jax.Array:
     """``sum_j p_eta_j^2 / (2 Q_j) + dof kT eta_1 + kT sum_{j>=2} eta_j`` per replica (eV)."""
     return (
         chain.dof * chain.kT * chain.eta[:, 0]
@@ -138,7 +138,7 @@ def _kick_link(p_eta, Q, kT, g1, j, half, quarter):
     p_eta[j] = pj
 
 
-def _chain_substep(chain: NHCChain, p: jax.Array, kinetic2: Callable, delta: float):
+def _chain_substep(chain: NoseHooverChainVariables, p: jax.Array, kinetic2: Callable, delta: float):
     M = chain.p_eta.shape[1]
     half = delta / 2
     quarter = delta / 4
@@ -158,7 +158,7 @@ def _chain_substep(chain: NHCChain, p: jax.Array, kinetic2: Callable, delta: flo
     return chain.replace(eta=eta, p_eta=jnp.stack(p_eta, axis=1)), p
 
 
-def chain_propagate(chain: NHCChain, p: jax.Array, kinetic2: Callable[[jax.Array], jax.Array],
+def chain_propagate(chain: NoseHooverChainVariables, p: jax.Array, kinetic2: Callable[[jax.Array], jax.Array],
                     delta: float, nloop: int = 1):
     """``exp(iL_NHC delta)``: propagate the chain and scale the momenta ``p`` it thermostats.
 
@@ -182,7 +182,7 @@ def atoms_kinetic2(masses: jax.Array) -> Callable[[jax.Array], jax.Array]:
     return kinetic2
 
 
-def thermostat_init(state: MDState, temperature_K, tdamp, tchain: int) -> NHCChain:
+def thermostat_init(state: MDState, temperature_K, tdamp, tchain: int) -> NoseHooverChainVariables:
     """The atoms' thermostat chain (``dof = 3N``) with per-replica temperature (K) and ``tdamp`` (ASE time)."""
     dtype = state.positions.dtype
     R = state.n_replicas
@@ -194,14 +194,32 @@ def thermostat_init(state: MDState, temperature_K, tdamp, tchain: int) -> NHCCha
     return chain_init(kT, tau, tchain, dof=3 * state.n_atoms)
 
 
+def retarget_chain(chain: NoseHooverChainVariables, temperature_K) -> NoseHooverChainVariables:
+    """The chain with a new target temperature (K, one or ``[R]``): ``kT`` and the masses ``Q`` (all
+    proportional to ``kT`` at fixed damping time) rescaled; ``eta``, ``p_eta`` carry on."""
+    R = chain.kT.shape[0]
+    T = per_replica(temperature_K, R, "temperature_K", chain.kT.dtype)
+    _check_positive(T, "temperature_K")
+    kT = units.kB * T
+    return chain.replace(kT=kT, Q=chain.Q * (kT / chain.kT)[:, None])
+
+
+def exchange_chain(chain: NoseHooverChainVariables, perm) -> NoseHooverChainVariables:
+    """A chain after replica exchange (Mori & Okamoto, J. Phys. Soc. Jpn. 79, 074001 (2010)):
+    the chain's positions move with the configuration, its velocities ``p_eta / Q`` are kept (their
+    distribution does not depend on T when ``Q`` is proportional to ``kT``), so ``p_eta`` is scaled by
+    the ratio of the masses; ``Q``, ``kT`` and ``dof`` stay with the slot."""
+    return chain.replace(eta=chain.eta[perm], p_eta=chain.p_eta[perm] * (chain.Q / chain.Q[perm]))
+
+
 def nose_hoover_chain_nvt(force_fn: ForceFn, dt: float, tchain: int = 3, tloop: int = 1) -> Integrator:
     """NVT with a Nose-Hoover chain, reproducing ``ase.md.nose_hoover_chain.NoseHooverChainNVT``.
 
     ``dt`` in ASE time units; ``tchain`` thermostats in the chain; ``tloop``
     Suzuki-Yoshida sub-steps. ``init(state, temperature_K, tdamp)`` takes a
     scalar or one value per replica (``tdamp`` in ASE time units, typically
-    ``100 * dt``); the chain starts at rest, as in ASE. ``state.integrator`` is an
-    :class:`NHCChain`.
+    ``100 * dt``); the chain starts at rest, as in ASE. ``state.variables`` is an
+    :class:`NoseHooverChainVariables`.
     """
     dt = check_timestep(dt)
     tchain = int(tchain)
@@ -210,23 +228,35 @@ def nose_hoover_chain_nvt(force_fn: ForceFn, dt: float, tchain: int = 3, tloop: 
         raise ValueError(f"tchain and tloop must be >= 1, got tchain={tchain}, tloop={tloop}")
 
     def init(state: MDState, temperature_K, tdamp) -> MDState:
-        return state.replace(integrator=thermostat_init(state, temperature_K, tdamp, tchain))
+        return state.replace(variables=thermostat_init(state, temperature_K, tdamp, tchain))
+
+    def set_parameters(state: MDState, temperature_K=None, tdamp=None) -> MDState:
+        """New temperatures (K) and/or ``tdamp`` (ASE time); the chain's positions and momenta carry on."""
+        chain: NoseHooverChainVariables = state.variables
+        if tdamp is not None:
+            T = chain.kT / units.kB if temperature_K is None else temperature_K
+            fresh = thermostat_init(state, T, tdamp, tchain)
+            return state.replace(variables=chain.replace(kT=fresh.kT, Q=fresh.Q))
+        if temperature_K is None:
+            return state
+        return state.replace(variables=retarget_chain(chain, temperature_K))
 
     def step(state: MDState) -> MDState:
         dt2 = dt / 2
         masses = state.masses[None, :, None]
         kinetic2 = atoms_kinetic2(state.masses)
-        chain, p = chain_propagate(state.integrator, state.momenta, kinetic2, dt2, tloop)
+        chain, p = chain_propagate(state.variables, state.momenta, kinetic2, dt2, tloop)
         p = p + dt2 * state.forces
         positions = state.positions + dt * p / masses
         state = evaluate(state, force_fn, positions=positions)
         p = p + dt2 * state.forces
         chain, p = chain_propagate(chain, p, kinetic2, dt2, tloop)
-        return state.replace(momenta=p, integrator=chain, step=state.step + 1)
+        return state.replace(momenta=p, variables=chain, step=state.step + 1)
 
-    return Integrator(init=init, step=step, name="NoseHooverChainNVT")
+    return Integrator(init=init, step=step, name="NoseHooverChainNVT", set_parameters=set_parameters,
+                      exchange_variables=lambda moved, chain, perm, ratio: exchange_chain(chain, perm))
 
 
 def nhc_conserved_energy(state: MDState) -> jax.Array:
     """ASE's ``NoseHooverChainNVT.get_conserved_energy()`` per replica (eV): ``U + K + E_chain``."""
-    return state.energy + kinetic_energy(state.momenta, state.masses) + chain_energy(state.integrator)
+    return state.energy + kinetic_energy(state.momenta, state.masses) + chain_energy(state.variables)

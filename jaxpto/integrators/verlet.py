@@ -19,7 +19,7 @@ def velocity_verlet(force_fn: ForceFn, dt: float) -> Integrator:
     dt = check_timestep(dt)
 
     def init(state: MDState) -> MDState:
-        return state.replace(integrator=None)
+        return state.replace(variables=None)
 
     def step(state: MDState) -> MDState:
         masses = state.masses[None, :, None]

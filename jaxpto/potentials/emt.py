@@ -68,7 +68,10 @@ Which elements set the cutoff:
   get the shortest neighbour lists.
 
 Forces :math:`-\partial E/\partial r` and the stress :math:`V^{-1}\partial E/\partial\varepsilon`
-come from automatic differentiation (:func:`jaxpto.model.energy_model`).
+come from automatic differentiation (:func:`jaxpto.model.site_energy_model`). The bracket above is
+the site energy of atom :math:`i` (``Model.site_energies``, one neighbour hop), except with
+``asap_cutoff=True``, where the cutoff depends on every element present (not local: no site
+energies).
 
 .. [1] K. W. Jacobsen, P. Stoltze and J. K. Norskov, Surf. Sci. 366, 394 (1996).
 """
@@ -83,7 +86,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from ase.units import Bohr
 
-from jaxpto.model import Model, energy_model
+from jaxpto.model import Model, energy_model, site_energy_model
 from jaxpto.neighbors import pair_vectors
 
 #: ASE's EMT parameter table (``ase.calculators.emt.parameters``), in its units:
@@ -211,7 +214,7 @@ def emt(elements: Iterable[int | str] | None = None, asap_cutoff: bool = False) 
                       inv12gamma1=1.0 / (12.0 * g1), neghalfv0overgamma2=-0.5 * table["V0"] / g2)
         list_cutoff = rc_list
 
-    def energy(positions, cell, numbers, nbrs):
+    def atom_energies(positions, cell, numbers, nbrs):
         dtype = positions.dtype
         tab = {k: jnp.asarray(v, dtype) for k, v in table.items()}
         per_atom = {k: v[numbers] for k, v in tab.items()}  # [N]
@@ -258,7 +261,12 @@ def emt(elements: Iterable[int | str] | None = None, asap_cutoff: bool = False) 
         eo = nb("neghalfv0overgamma2") * jnp.exp(-me("kappa") * (r / BETA - me("s0"))) / chi * w
         e_as = 0.5 * jnp.sum(jnp.where(inside, es + eo, 0.0), axis=-1)
 
-        return jnp.sum(e_c + e_as - e0)
+        return e_c + e_as - e0  # [N] per-atom energies
 
     name = "emt" + ("(asap_cutoff)" if asap_cutoff else "")
-    return energy_model(energy, cutoff=list_cutoff, elements=covered, name=name)
+    if asap_cutoff:
+        # The cutoff depends on every element present: not a local site energy (a LAMMPS rank
+        # would see only its own atoms), so no site_energies.
+        return energy_model(lambda *a: jnp.sum(atom_energies(*a)), cutoff=list_cutoff, elements=covered,
+                            name=name)
+    return site_energy_model(atom_energies, cutoff=list_cutoff, receptive_hops=1, elements=covered, name=name)

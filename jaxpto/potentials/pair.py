@@ -21,7 +21,9 @@ equals autodiff of :math:`E` (tested). The neighbour list holds pairs up to
 ``cutoff + skin``; each potential applies its own cutoff, and padded slots
 (``j = N``) and pairs beyond the cutoff contribute exactly zero, with
 NaN-free gradients (the squared distance is replaced by a harmless value with
-``jnp.where`` before any division or square root).
+``jnp.where`` before any division or square root). The site energies
+:math:`e_i = \frac12 \sum_j u(r_{ij})` (``Model.site_energies``, one neighbour hop) split
+:math:`E` over atoms, as a LAMMPS rank needs (:mod:`jaxpto.workflows.lammps_bundle`).
 
 Lennard-Jones (:func:`lennard_jones`, as ``ase.calculators.lj.LennardJones``)
 ------------------------------------------------------------------------------
@@ -107,7 +109,17 @@ def pair_model(pair_energy: Callable[[jax.Array], jax.Array], cutoff: float, nam
         energy, forces, stress = jax.vmap(single, in_axes=(0, 0, None, 0))(positions, cell, numbers, neighbors)
         return ModelOutput(energy=energy, forces=forces, stress=stress)
 
-    return Model(compute=compute, cutoff=float(cutoff), elements=None, name=name)
+    def site(positions, cell, numbers, nbrs):
+        # e_i = 1/2 sum_j u(r_ij) over atom i's row of the full list.
+        dx, dy, dz, mask = pair_components(nbrs, positions, cell)
+        x = jnp.where(mask, dx * dx + dy * dy + dz * dz, 1.0)
+        return 0.5 * jnp.sum(jnp.where(mask, pair_energy(x), 0.0), axis=1)
+
+    def site_energies(positions, cell, numbers, neighbors):
+        return jax.vmap(site, in_axes=(0, 0, None, 0))(positions, cell, numbers, neighbors)
+
+    return Model(compute=compute, cutoff=float(cutoff), elements=None, name=name,
+                 site_energies=site_energies, receptive_hops=1)
 
 
 def lennard_jones(sigma: float = 1.0, epsilon: float = 1.0, rc: float | None = None,

@@ -161,7 +161,7 @@ def teacher_data(teacher, settings: DistillSettings, out: str, log, timings: dic
             log(f"teacher MD {group.name}: {len(group.trajectories)} replicas x {group.steps} steps, "
                 f"{int(np.prod(group.supercell)) * (len(base) if base is not None else 5)} atoms each")
             got = data_mod.run_md_group(teacher, group, seed=settings.seed, base=base,
-                                        checkpoint=os.path.join(out, "checkpoints", f"md-{group.name}-{stamp}.pkl"),
+                                        checkpoint=os.path.join(out, "checkpoints", f"md-{group.name}-{stamp}.npz"),
                                         log=log, label=f"teacher-md-{group.name}")
             for at in got:
                 at.info["teacher"] = settings.teacher

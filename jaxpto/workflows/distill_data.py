@@ -462,6 +462,47 @@ def _fingerprint(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _json_info(info: dict) -> dict:
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = bool(v)
+        elif isinstance(v, (int, np.integer)):
+            out[k] = int(v)
+        elif isinstance(v, (float, np.floating)):
+            out[k] = float(v)
+        else:
+            out[k] = str(v)
+    return out
+
+
+def _frames_to_arrays(frames, record_labels: bool):
+    """Frames of one MD group (same atoms) as JSON infos and stacked arrays (a data-only checkpoint)."""
+    info = [_json_info(at.info) for at in frames]
+    if not frames:
+        return info, {}
+    arrays = {"frames.positions": np.stack([at.positions for at in frames]),
+              "frames.cell": np.stack([np.asarray(at.cell) for at in frames])}
+    if record_labels:
+        e, f, st = zip(*(frame_arrays(at) for at in frames))
+        arrays.update({"frames.energy": np.asarray(e), "frames.forces": np.stack(f), "frames.stress": np.stack(st)})
+    return info, arrays
+
+
+def _frames_from_arrays(numbers, info, arrays, record_labels: bool) -> list:
+    frames = []
+    for r, inf in enumerate(info):
+        pos, cell = arrays["frames.positions"][r], arrays["frames.cell"][r]
+        if record_labels:
+            frames.append(make_frame(numbers, pos, cell, arrays["frames.energy"][r], arrays["frames.forces"][r],
+                                     arrays["frames.stress"][r], **inf))
+        else:
+            at = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=True)
+            at.info.update(inf)
+            frames.append(at)
+    return frames
+
+
 def run_md_group(model, group: MDGroup, *, seed: int, base: Atoms | None = None, strain: float = 0.03,
                  checkpoint: str | None = None, chunk_steps: int = 100, dtype=None, log=None,
                  source: str = "teacher-md", label: str | None = None, record_labels: bool = True,
@@ -476,7 +517,7 @@ def run_md_group(model, group: MDGroup, *, seed: int, base: Atoms | None = None,
     from jaxpto.integrators import langevin, melchionna_npt
     from jaxpto.simulate import run_chunk, state_from_atoms
     from jaxpto.state import take_replicas, temperature_K
-    from jaxpto.workflows.dynamics import load_checkpoint, save_checkpoint
+    from jaxpto.workflows.checkpoint import CheckpointError, read_checkpoint, read_header, write_checkpoint
     from jaxpto.workflows.phase import blow_up_reason
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
@@ -506,10 +547,16 @@ def run_md_group(model, group: MDGroup, *, seed: int, base: Atoms | None = None,
     fp = _fingerprint({"group": group.to_dict(), "seed": seed, "model": getattr(model, "name", ""),
                        "source": source, "v": DATA_VERSION})
     done, active, frames = 0, list(range(len(replicas))), []
-    saved = load_checkpoint(checkpoint, fp) if checkpoint else None
-    if saved is not None:
-        done, active, frames = saved["done"], saved["active"], saved["frames"]
-        state = jax.tree_util.tree_map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, saved["state"])
+    if checkpoint and os.path.exists(checkpoint):
+        header = read_header(checkpoint)
+        if header.get("kind") != "distill-md" or header.get("fingerprint") != fp:
+            raise CheckpointError(f"checkpoint {checkpoint} belongs to another MD group, seed or model; delete it "
+                                  "to run this group from the start")
+        done, active = int(header["done"]), [int(i) for i in header["active"]]
+        # the state had its stopped replicas removed: rebuild it on a template of that size
+        _, arrays, state = read_checkpoint(checkpoint, take_replicas(state, active) if len(active) < len(replicas)
+                                           else state)
+        frames = _frames_from_arrays(numbers, header["frame_info"], arrays, record_labels)
     start_cells = [np.asarray(r.cell) for r in replicas]
     chunk = max(group.record_every, (chunk_steps // group.record_every) * group.record_every)
     t0 = time.perf_counter()
@@ -551,10 +598,10 @@ def run_md_group(model, group: MDGroup, *, seed: int, base: Atoms | None = None,
             active = [active[j] for j in keep]
             if active:
                 state = take_replicas(state, keep)
-        if checkpoint:
-            save_checkpoint(checkpoint, {"fingerprint": fp, "done": done, "active": active, "frames": frames,
-                                         "state": jax.tree_util.tree_map(
-                                             lambda x: np.asarray(x) if hasattr(x, "shape") else x, state)})
+        if checkpoint and active:
+            info, arrays = _frames_to_arrays(frames, record_labels)
+            write_checkpoint(checkpoint, {"kind": "distill-md", "fingerprint": fp, "done": done, "active": active,
+                                          "frame_info": info}, arrays, state)
         if log:
             log(f"  {label or group.name}: {done}/{group.steps} steps, {len(active)} replicas, {len(frames)} frames "
                 f"({time.perf_counter() - t0:.0f} s)")

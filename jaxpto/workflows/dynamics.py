@@ -14,7 +14,8 @@ time step 2 fs, 50,000 steps, 300-1000 K. Units are ASE's at the boundary (K, fs
 
 Long runs: the run goes in compiled chunks; after each chunk the host records the observables,
 checks every replica (a replica that blows up or melts is flagged and dropped from the batch,
-the others go on), writes an atomic checkpoint, and updates the progress line. Running the same
+the others go on), writes an atomic checkpoint (data only, checksummed:
+:mod:`jaxpto.workflows.checkpoint`), and updates the progress line. Running the same
 sweep again with the same checkpoint file resumes after the last finished chunk; the chunks are
 the same compiled program with the same per-replica random streams, so a resumed run equals an
 uninterrupted one.
@@ -25,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -39,13 +40,16 @@ from ase import units
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from jaxpto.model import Model
-from jaxpto.state import MDState, take_replicas, temperature_K
+from jaxpto import simulate
+from jaxpto.sharding import is_main_process, shard_state, state_mesh, tree_to_host
+from jaxpto.state import MDState, temperature_K
 from jaxpto.workflows import phase as phase_mod
+from jaxpto.workflows.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from jaxpto.workflows.polarization import born_charges, find_cell_topology, mean_polarization
 from jaxpto.workflows.structures import MD_A, MD_C, NVT_A, NVT_C, POLAR_SHIFTS, polar_supercell
 
 STUDY_TEMPERATURES = tuple(float(t) for t in range(300, 1001, 100))
-CHECKPOINT_VERSION = 1
+FINGERPRINT_VERSION = 1  # what the protocol fingerprint covers; the file format: checkpoint.VERSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,7 @@ class SweepProtocol:
     seed: int = 0
     chunk_steps: int = 500
     skin: float = 1.0
+    swap_interval: int | None = None  # replica exchange between neighbouring temperatures every this many steps
 
     def __post_init__(self):
         if self.ensemble not in ("npt", "nvt"):
@@ -84,18 +89,27 @@ class SweepProtocol:
         if self.steps % self.record_every or self.chunk_steps % self.record_every:
             raise ValueError(f"steps ({self.steps}) and chunk_steps ({self.chunk_steps}) must be multiples "
                              f"of record_every ({self.record_every})")
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.timestep_fs <= 0 or self.average_last_ps <= 0:
             raise ValueError("timestep_fs and average_last_ps must be positive")
         born_charges(self.charges)  # validates the name
+        if self.swap_interval is not None:
+            if int(self.swap_interval) < 1 or len(set(temps)) < 2 or len(set(temps)) < len(temps):
+                raise ValueError(f"replica exchange needs >= 2 distinct temperatures and a swap interval >= 1 step, "
+                                 f"got temperatures {list(temps)} and swap_interval {self.swap_interval}")
+            object.__setattr__(self, "swap_interval", int(self.swap_interval))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["temperatures_k"] = list(self.temperatures_k)
         d["shifts"] = list(self.shifts)
+        if self.swap_interval is None:  # runs without exchange keep their fingerprints (resume)
+            d.pop("swap_interval")
         return d
 
     def fingerprint(self, model_name: str) -> str:
-        blob = json.dumps({"protocol": self.to_dict(), "model": model_name, "v": CHECKPOINT_VERSION}, sort_keys=True)
+        blob = json.dumps({"protocol": self.to_dict(), "model": model_name, "v": FINGERPRINT_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -114,8 +128,55 @@ def study_nvt(**overrides) -> SweepProtocol:
 # ---------------------------------------------------------------------------------------------
 
 
-def _initial(model: Model, p: SweepProtocol, dtype):
-    from jaxpto.integrators import langevin, melchionna_npt
+def sweep_memory_bytes(p: SweepProtocol, cutoff: float = 0.0, itemsize: int = 4) -> int:
+    """A lower bound of the memory (bytes) a sweep's state takes: ``R`` replicas of ``N = 5 n^3`` atoms.
+
+    Per atom and replica: ~10 float 3-vectors (positions, momenta, forces, the integrator's
+    copies, the neighbour list's reference positions); with ``cutoff > 0`` also the neighbour
+    list, ``K`` slots of an int32 index and a 3-vector image offset, ``K = 1.3 rho 4/3 pi
+    (cutoff + skin)^3`` at the starting cell's density ``rho``. The model's own memory (torch
+    graphs, activations) comes on top.
+    """
+    n_atoms = 5 * p.supercell**3
+    per_atom = 10 * 3 * itemsize
+    if cutoff > 0:
+        density = 5.0 / (p.a * p.a * p.c)
+        slots = math.ceil(1.3 * density * 4.0 / 3.0 * math.pi * (cutoff + p.skin) ** 3)
+        per_atom += slots * (4 + 3 * itemsize)
+    return n_atoms * len(p.temperatures_k) * per_atom
+
+
+def available_memory_bytes() -> tuple[int, str]:
+    """``(bytes, what)``: the device memory on a GPU, else the machine's physical memory."""
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        try:
+            limit = (dev.memory_stats() or {}).get("bytes_limit")
+        except Exception:  # not every backend reports memory
+            limit = None
+        if limit:
+            return int(limit), f"memory of {dev.device_kind}"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory of this machine"
+
+
+def check_sweep_memory(p: SweepProtocol, cutoff: float = 0.0, itemsize: int = 4) -> None:
+    """A clear error before anything is allocated if the sweep's state alone cannot fit in memory."""
+    need = sweep_memory_bytes(p, cutoff, itemsize)
+    have, what = available_memory_bytes()
+    if need > have:
+        n_atoms = 5 * p.supercell**3
+        raise ValueError(f"a sweep of {len(p.temperatures_k)} temperature(s) x {n_atoms:,} atoms (supercell "
+                         f"{p.supercell}, i.e. {p.supercell}^3 PbTiO3 cells) needs at least {need / 2**30:,.1f} GiB "
+                         f"for its state alone, more than the {have / 2**30:,.1f} GiB {what}; use a smaller "
+                         "--supercell or fewer --temperatures")
+
+
+
+def _initial(model: Model, p: SweepProtocol, dtype, devices=None):
+    from jaxpto.integrators import langevin, melchionna_npt, replica_exchange
+
     from jaxpto.simulate import state_from_atoms
 
     atoms0 = polar_supercell(p.supercell, p.a, p.c, p.shifts)
@@ -128,16 +189,19 @@ def _initial(model: Model, p: SweepProtocol, dtype):
             warnings.simplefilter("ignore", DeprecationWarning)
             MaxwellBoltzmannDistribution(at, temperature_K=T, rng=np.random.default_rng([p.seed, i]))
         replicas.append(at)
-    state, force_fn = state_from_atoms(replicas, model, seed=p.seed, skin=p.skin, dtype=dtype)
+    state, force_fn = state_from_atoms(replicas, model, seed=p.seed, skin=p.skin, dtype=dtype, devices=devices)
     dt = p.timestep_fs * units.fs
+    temps = list(p.temperatures_k)
     if p.ensemble == "npt":
         integ = melchionna_npt(force_fn, dt, mask=np.eye(3))
-        state = integ.init(state, list(p.temperatures_k), ttime=p.ttime_fs * units.fs, pfactor=p.pfactor,
-                           externalstress=0.0)
+        args, kw = (temps,), dict(ttime=p.ttime_fs * units.fs, pfactor=p.pfactor, externalstress=0.0)
     else:
         integ = langevin(force_fn, dt, fixcm=True)
-        state = integ.init(state, list(p.temperatures_k), p.friction_per_fs / units.fs)
-    return atoms0, state, integ
+        args, kw = (temps, p.friction_per_fs / units.fs), {}
+    if p.swap_interval is not None:  # temperature replica exchange between the sweep's temperatures
+        integ = replica_exchange(integ, p.swap_interval, seed=p.seed)
+    return atoms0, integ.init(state, *args, **kw), integ
+
 
 
 def _site_rms_jax(positions, cell, ref_scaled):
@@ -159,13 +223,16 @@ def make_recorder(atoms0, p: SweepProtocol, dtype) -> Callable[[MDState], dict]:
     reps = float(p.supercell)
 
     def record(s: MDState) -> dict:
-        return {
+        out = {
             "lattice": jnp.linalg.norm(s.cell, axis=-1) / reps,  # [R,3] A, pseudo-cubic a, b, c
             "temperature": temperature_K(s.momenta, s.masses),  # [R] K
             "epot_per_atom": s.energy / s.n_atoms,  # [R] eV
             "polarization": mean_polarization(s.positions, s.cell, topology, charges),  # [R,3] C/m^2
             "site_rms": _site_rms_jax(s.positions, s.cell, ref_scaled),  # [R] A
         }
+        if p.swap_interval is not None:  # which walker (starting temperature) each temperature holds
+            out["walker"] = s.variables.walker
+        return out
 
     return record
 
@@ -175,36 +242,35 @@ def make_recorder(atoms0, p: SweepProtocol, dtype) -> Callable[[MDState], dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_host(tree):
-    return jax.tree_util.tree_map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, tree)
+def save_checkpoint(path: str, fingerprint: str, run: dict, state: MDState, protocol: "SweepProtocol",
+                    model_name: str) -> None:
+    """Write the sweep's progress ``run`` and ``state`` to ``path`` (data only, with a SHA-256
+    checksum; :mod:`jaxpto.workflows.checkpoint`), atomically: a kill or a full disk keeps the
+    previous checkpoint and leaves no temporary file."""
+    header = {"fingerprint": fingerprint, "model": model_name, "protocol": protocol.to_dict(),
+              "done_steps": int(run["done_steps"]), "active": [int(i) for i in run["active"]],
+              "status": run["status"], "timing": run["timing"]}
+    arrays = {f"series.{k}": np.asarray(v) for k, v in run["series"].items()}
+    write_checkpoint(path, header, arrays, state)
 
 
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Write ``payload`` atomically (a temporary file renamed over the old one): a kill never
-    leaves a half-written checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def load_checkpoint(path: str, fingerprint: str, template: MDState) -> dict | None:
+    """The run saved at ``path`` (``done_steps``, ``active``, ``status``, ``series``, ``timing``,
+    ``state``) if it belongs to this sweep (same protocol and model), None if there is no file.
 
-
-def load_checkpoint(path: str, fingerprint: str) -> dict | None:
-    """The checkpoint at ``path`` if it belongs to this sweep (same protocol and model), else an error.
-
-    Checkpoints are pickles written by :func:`save_checkpoint`: load only your own files.
+    The state is rebuilt on ``template`` (the sweep's fresh state); any file that is not an intact
+    checkpoint of this sweep is a :class:`~jaxpto.workflows.checkpoint.CheckpointError` naming it.
     """
     if not path or not os.path.exists(path):
         return None
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-    if payload.get("fingerprint") != fingerprint:
-        raise ValueError(f"checkpoint {path} belongs to a different protocol or model "
-                         f"(fingerprint {payload.get('fingerprint')} != {fingerprint}); use another output "
-                         "directory, or delete the checkpoint to start this sweep afresh")
-    return payload
+    header, arrays, state = read_checkpoint(path, template)
+    if header.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"checkpoint {path} belongs to a different protocol or model "
+                              f"(fingerprint {header.get('fingerprint')} != {fingerprint}); use another output "
+                              "directory, or delete the checkpoint to start this sweep afresh")
+    series = {k[len("series."):]: np.array(v) for k, v in arrays.items() if k.startswith("series.")}
+    return {"done_steps": int(header["done_steps"]), "active": list(header["active"]), "status": header["status"],
+            "series": series, "timing": header["timing"], "state": state}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,113 +319,154 @@ class Progress:
 
 def run_sweep(model: Model, protocol: SweepProtocol, *, model_name: str | None = None,
               checkpoint: str | None = None, progress: bool = True, dtype=None,
-              relaxed_c_over_a: float | None = None, stop_after_chunks: int | None = None) -> dict:
+              relaxed_c_over_a: float | None = None, stop_after_chunks: int | None = None,
+              devices=None) -> dict:
     """Run one sweep (all temperatures batched) and return its results (JSON-ready) and time series.
 
+    The chunks are :func:`jaxpto.simulate.chunks` (the one driver) with the "stop" policy: a replica
+    that blows up (non-finite, box length changed by > 50 %, T > 5x target) or melts (mean site
+    displacement over a chunk > ``phase.MOLTEN_SITE_RMS``) is held at its last good state while the
+    other temperatures go on, in the same compiled program.
     ``checkpoint``: file to resume from and to write after every chunk. ``stop_after_chunks``
     (for tests and for splitting work over job slots) returns early after that many chunks of this
-    call with ``result["finished"] = False``; calling again resumes.
+    call with ``result["finished"] = False``; calling again resumes. ``devices`` (None, an int, or
+    ``"all"``) shards the temperatures over devices, and over processes in a ``jax.distributed`` run
+    (:mod:`jaxpto.sharding`; the numbers are the same; only process 0 writes the checkpoint).
     Returns ``{"finished", "protocol", "replicas": [...], "series": {...numpy...}, "speed": {...}, ...}``.
     """
     p = protocol
     model_name = model_name or getattr(model, "name", "model")
     fp = p.fingerprint(model_name)
-    atoms0, state, integ = _initial(model, p, dtype)
-    dtype = state.positions.dtype
-    record = make_recorder(atoms0, p, dtype)
+    note = averaging_window_note(p)
+    if note:
+        warnings.warn(f"{p.ensemble.upper()} sweep: {note}", RuntimeWarning, stacklevel=2)
+    itemsize = np.dtype(dtype or (np.float64 if jax.config.jax_enable_x64 else np.float32)).itemsize
+    check_sweep_memory(p, cutoff=model.cutoff or 0.0, itemsize=itemsize)
+    atoms0, state, integ = _initial(model, p, dtype, devices)
+    record = make_recorder(atoms0, p, state.positions.dtype)
     R = len(p.temperatures_k)
-    n_rec_total = p.steps // p.record_every
-    start_cell = np.asarray(atoms0.cell)
-
-    saved = load_checkpoint(checkpoint, fp) if checkpoint else None
-    if saved is not None:
-        done = int(saved["done_steps"])
-        active = list(saved["active"])
-        status = saved["status"]
-        series = saved["series"]
-        timing = saved["timing"]
-        state = jax.tree_util.tree_map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, saved["state"])
-    else:
-        done, active = 0, list(range(R))
-        status = [{"status": "running", "stopped_at_step": None, "reason": None} for _ in range(R)]
-        probe = jax.eval_shape(record, state)
-        series = {k: np.full((n_rec_total,) + v.shape, np.nan) for k, v in probe.items()}
-        series["time_ps"] = (np.arange(1, n_rec_total + 1) * p.record_every * p.timestep_fs * 1e-3)
-        timing = {"seconds": 0.0, "steps": 0, "first_chunk_seconds": None}
-
+    run = load_checkpoint(checkpoint, fp, state) if checkpoint else None
+    if run is None:
+        run = _fresh_run(record, state, p, R)
+    if "state" in run:  # resumed: on the fresh state's devices
+        state = shard_state(run.pop("state"), state_mesh(state))
     label = f"{p.ensemble.upper()} {model_name} ({R} T, {len(atoms0)} atoms)"
-    bar = Progress(label, p.steps, p.timestep_fs, enabled=progress)
-    from jaxpto.simulate import run_chunk
-
-    chunks_this_call = 0
+    bar = Progress(label, p.steps, p.timestep_fs, enabled=progress and is_main_process())
+    start_lengths = np.broadcast_to(np.linalg.norm(np.asarray(atoms0.cell), axis=-1), (R, 3))
     first_call_chunk = True
-    while done < p.steps and active:
-        if stop_after_chunks is not None and chunks_this_call >= stop_after_chunks:
-            break
-        k = min(p.chunk_steps, p.steps - done)
-        t0 = time.perf_counter()
-        state, rec = run_chunk(integ, state, k, record, p.record_every)
-        rec = _to_host(rec)
-        jax.block_until_ready(state.positions)
-        wall = time.perf_counter() - t0
-        r0 = done // p.record_every
-        n_new = k // p.record_every
-        for key, arr in rec.items():
-            series[key][r0:r0 + n_new, active] = arr
-        done += k
-        if first_call_chunk:
-            # The first chunk of a call compiles the program: keep it out of the speed figures.
-            if timing["first_chunk_seconds"] is None:
-                timing["first_chunk_seconds"] = wall
+    loop = simulate.chunks(integ, state, p.steps - run["done_steps"], chunk_size=p.chunk_steps, record_fn=record,
+                           record_every=p.record_every, on_unhealthy="stop", health=_molten_rule,
+                           reference_lengths=start_lengths)
+    for n_chunks, chunk in enumerate(loop, start=1):
+        _store_chunk(run, chunk, p, label, progress)
+        if first_call_chunk:  # it compiled the program: kept out of the speed figures
+            run["timing"]["first_chunk_seconds"] = run["timing"]["first_chunk_seconds"] or chunk.seconds
             first_call_chunk = False
         else:
-            timing["seconds"] += wall
-            timing["steps"] += k
-        # Per-replica health: blown-up or molten replicas are stopped alone.
-        pos = np.asarray(state.positions)
-        cells = np.asarray(state.cell)
-        keep = []
-        for j, i in enumerate(active):
-            reason = phase_mod.blow_up_reason(pos[j], cells[j], start_cell, float(rec["temperature"][-1, j]),
-                                              p.temperatures_k[i])
-            kind = "blew_up"
-            if reason is None and float(np.nanmean(rec["site_rms"][:, j])) > phase_mod.MOLTEN_SITE_RMS:
-                reason = (f"molten: mean site displacement {float(np.nanmean(rec['site_rms'][:, j])):.2f} A "
-                          f"> {phase_mod.MOLTEN_SITE_RMS} A")
-                kind = "molten"
-            if reason is None:
-                keep.append(j)
-            else:
-                status[i] = {"status": kind, "stopped_at_step": done, "reason": reason}
-                # Its records of this chunk may already be garbage: blank them.
-                if kind == "blew_up":
-                    for key in rec:
-                        series[key][r0:r0 + n_new, i] = np.nan
-                if progress:
-                    sys.stderr.write(f"\n{label}: replica at {p.temperatures_k[i]:.0f} K stopped at step {done}: "
-                                     f"{reason}\n")
-        if len(keep) < len(active):
-            active = [active[j] for j in keep]
-            if active:
-                state = take_replicas(state, keep)
-        chunks_this_call += 1
+            run["timing"]["seconds"] += chunk.seconds
+            run["timing"]["steps"] += chunk.records["temperature"].shape[0] * p.record_every
+        state = chunk.state
         if checkpoint:
-            save_checkpoint(checkpoint, {"fingerprint": fp, "done_steps": done, "active": active, "status": status,
-                                         "series": series, "timing": timing, "state": _to_host(state),
-                                         "protocol": p.to_dict(), "model": model_name})
-        rate = timing["steps"] / timing["seconds"] if timing["seconds"] > 0 else None
-        bar.update(done, rate)
+            host_state = tree_to_host(state)  # every process takes part in gathering the replicas
+            if is_main_process():
+                save_checkpoint(checkpoint, fp, run, host_state, p, model_name)
+        timing = run["timing"]
+        bar.update(run["done_steps"], timing["steps"] / timing["seconds"] if timing["seconds"] > 0 else None)
+        if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
+            break
+    return _sweep_result(run, state, p, model_name, len(atoms0), relaxed_c_over_a)
 
+
+def _fresh_run(record, state, p: SweepProtocol, R: int) -> dict:
+    n_rec_total = p.steps // p.record_every
+    probe = jax.eval_shape(record, state)
+    series = {k: np.full((n_rec_total,) + v.shape, np.nan) for k, v in probe.items()}
+    series["time_ps"] = (np.arange(1, n_rec_total + 1) * p.record_every * p.timestep_fs * 1e-3)
+    return {"done_steps": 0, "active": list(range(R)), "series": series,
+            "status": [{"status": "running", "stopped_at_step": None, "reason": None} for _ in range(R)],
+            "timing": {"seconds": 0.0, "steps": 0, "first_chunk_seconds": None}}
+
+
+def _molten_rule(start, end, records) -> list:
+    """The sweeps' own health rule, beside the driver's blow-up rules: molten = the mean site
+    displacement over the chunk above ``phase.MOLTEN_SITE_RMS``."""
+    with warnings.catch_warnings():  # a blown-up replica has no finite sample
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rms = np.nanmean(records["site_rms"], axis=0)
+    return [None if not (rms[r] > phase_mod.MOLTEN_SITE_RMS) else
+            f"molten: mean site displacement {rms[r]:.2f} A > {phase_mod.MOLTEN_SITE_RMS} A" for r in range(len(rms))]
+
+
+def _store_chunk(run: dict, chunk, p: SweepProtocol, label: str, progress: bool) -> None:
+    """The chunk's records into the series (NaN for stopped replicas), and who stopped why."""
+    rec = chunk.records
+    n_new = rec["temperature"].shape[0]
+    r0 = run["done_steps"] // p.record_every
+    stopped_before = [i for i in range(len(run["status"])) if i not in run["active"]]
+    for key, arr in rec.items():
+        run["series"][key][r0:r0 + n_new] = arr
+        if stopped_before:  # held replicas record their frozen state: not data
+            run["series"][key][r0:r0 + n_new, stopped_before] = np.nan
+    run["done_steps"] += n_new * p.record_every
+    for i, reason in chunk.stopped.items():
+        kind = "molten" if reason.startswith("molten") else "blew_up"
+        run["status"][i] = {"status": kind, "stopped_at_step": run["done_steps"], "reason": reason}
+        if kind == "blew_up":  # its records of this chunk may already be garbage
+            for key in rec:
+                run["series"][key][r0:r0 + n_new, i] = np.nan
+        run["active"].remove(i)
+        if progress:
+            sys.stderr.write(f"\n{label}: replica at {p.temperatures_k[i]:.0f} K stopped at step "
+                             f"{run['done_steps']}: {reason}\n")
+
+
+def _sweep_result(run: dict, state, p: SweepProtocol, model_name: str, n_atoms: int, relaxed_c_over_a) -> dict:
+    done, active, status = run["done_steps"], run["active"], run["status"]
     finished = done >= p.steps or not active
     if finished:
         for i in active:
             status[i]["status"] = "ok"
-    result = summarize(series, status, p, model_name, n_atoms=len(atoms0), timing=timing,
+    result = summarize(run["series"], status, p, model_name, n_atoms=n_atoms, timing=run["timing"],
                        relaxed_c_over_a=relaxed_c_over_a, done_steps=done)
     result["finished"] = finished
     result["final_state"] = state
     result["active"] = active
+    if p.swap_interval is not None:
+        from jaxpto.integrators.replica_exchange import exchange_statistics
+
+        result["replica_exchange"] = {"swap_interval": p.swap_interval,
+                                      **exchange_statistics(state, p.timestep_fs * units.fs)}
     return result
+
+
+def series_by_walker(series: dict) -> dict:
+    """Per-walker series from per-temperature ones: ``out[key][t, w]`` is walker ``w``'s value at record
+    ``t`` (``series["walker"][t, r]`` names the walker in temperature slot ``r``); NaN where unknown."""
+    walker = series["walker"]
+    out = {}
+    for key, arr in series.items():
+        if key in ("walker", "time_ps"):
+            continue
+        by = np.full_like(arr, np.nan)
+        for t in range(walker.shape[0]):
+            w = walker[t]
+            ok = np.isfinite(w)
+            by[t, w[ok].astype(int)] = arr[t, ok]
+        out[key] = by
+    return out
+
+
+def averaging_window_note(p: SweepProtocol) -> str | None:
+    """Why the averaging window is shorter than ``average_last_ps`` (the run is too short), or None.
+
+    The window is at most the second half of the run (the first half is equilibration).
+    """
+    run_ps = p.steps * p.timestep_fs * 1e-3
+    if p.average_last_ps <= 0.5 * run_ps * (1 + 1e-9):
+        return None
+    return (f"averaging window cut: the last {p.average_last_ps:g} ps were asked for, but the run is "
+            f"{run_ps:g} ps ({p.steps} steps of {p.timestep_fs:g} fs), so the averages are over its second half, "
+            f"{0.5 * run_ps:g} ps")
 
 
 def _window(series_time_ps, p: SweepProtocol, done_steps: int):
@@ -414,7 +521,8 @@ def summarize(series, status, p: SweepProtocol, model_name: str, *, n_atoms: int
                          phase="molten" if (st["status"] == "molten" or rms > phase_mod.MOLTEN_SITE_RMS) else "ordered")
         replicas.append(entry)
     out = {"ensemble": p.ensemble, "model": model_name, "protocol": p.to_dict(), "averaging_window_ps": window_ps,
-           "done_steps": done_steps, "replicas": replicas, "n_atoms": n_atoms}
+           "averaging_note": averaging_window_note(p), "done_steps": done_steps, "replicas": replicas,
+           "n_atoms": n_atoms}
     temps = [r["temperature_k"] for r in replicas]
     if p.ensemble == "nvt":
         pz = [r.get("pz", np.nan) if r["status"] != "blew_up" else np.nan for r in replicas]

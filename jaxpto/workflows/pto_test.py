@@ -6,14 +6,16 @@ defaults are the study's protocol (:func:`study_protocol`); :func:`quick_protoco
 version that runs on a laptop CPU in minutes and still produces every output.
 
 Results go to ``OUT/results.json`` (schema below), figures to ``OUT/*.png``, the report to
-``OUT/report.md``, time series to ``OUT/<model>/``, checkpoints to ``OUT/checkpoints/``.
+``OUT/report.md``, time series to ``OUT/<model>/``, checkpoints to ``OUT/checkpoints/``
+(``<model>-<part>.checkpoint.npz``, :mod:`jaxpto.workflows.checkpoint`).
 Every finished part is written to ``results.json`` immediately, and a part already there with the
 same protocol is not recomputed, so running the same command again after a kill resumes: finished
-parts are kept, and an interrupted MD sweep continues from its last checkpoint.
+parts are kept, and an interrupted MD sweep continues from its last checkpoint. Parts run by
+different commands into one ``OUT`` may have different protocols: each part keeps its own.
 
-``results.json`` schema (``schema = "jaxpto.pto-test/1"``; ASE units: A, eV, K, C/m^2, THz)::
+``results.json`` schema (``schema = "jaxpto.pto-test/2"``; ASE units: A, eV, K, C/m^2, THz)::
 
-    {"schema", "created", "protocol": {...every setting...}, "versions": {...}, "device": {...},
+    {"schema", "created", "protocol": {...every setting of the LAST command...}, "versions": {...}, "device": {...},
      "models": [{
         "model": name,
         "static": {"a", "c", "c_over_a", "volume", "delta_e_ev_per_fu", ...per-phase records},
@@ -23,8 +25,15 @@ parts are kept, and an interrupted MD sweep continues from its last checkpoint.
         "npt_tc_k", "npt_tc_note",
         "nvt": [{"temperature_k", "px", "py", "pz", "px_std", "py_std", "pz_std", "p_abs", "status", ...}],
         "nvt_tc_k", "nvt_tc_note",
+        "npt_averaging_window_ps", "npt_averaging_note" (null, or why the window is shorter than asked),
+        "nvt_averaging_window_ps", "nvt_averaging_note",
         "speed": {"npt": {...}, "nvt": {...}, "ase_comparison": {...}},
-        "parts": {part: {"fingerprint", "seconds"}}}]}
+        "parts": {part: {"fingerprint", "seconds", "protocol": {...the settings THIS part ran with...}}}}]}
+
+Schema versions: ``/2`` added ``parts[part].protocol`` (the protocol of each part; the top-level
+``protocol`` is only the last command's, which need not be the one a part ran with) and the
+``*_averaging_note`` fields. ``/1`` files are read and extended (their old parts have no
+``protocol`` of their own; the report then falls back to the top-level one and says so).
 """
 
 from __future__ import annotations
@@ -40,9 +49,12 @@ import time
 
 import numpy as np
 
-from jaxpto.workflows.dynamics import SweepProtocol, run_sweep, study_npt, study_nvt
+from jaxpto.sharding import is_main_process, to_host
+from jaxpto.workflows.checkpoint import CheckpointError, atomic_write
+from jaxpto.workflows.dynamics import SweepProtocol, check_sweep_memory, run_sweep, series_by_walker, study_npt, study_nvt
 
-SCHEMA = "jaxpto.pto-test/1"
+SCHEMA = "jaxpto.pto-test/2"
+READABLE_SCHEMAS = ("jaxpto.pto-test/1", SCHEMA)
 PARTS = ("static", "phonons", "npt", "nvt", "speed")
 DEFAULT_MODEL = "chgnet-0.3.0"  # ships inside the chgnet wheel: runs offline
 
@@ -67,11 +79,15 @@ class PTOProtocol:
         d["nvt"] = self.nvt.to_dict()
         return d
 
-    def part_fingerprint(self, part: str, model_name: str) -> str:
+    def part_settings(self, part: str) -> dict:
+        """The settings ``part`` depends on (what its fingerprint covers)."""
         d = self.to_dict()
         sel = {"static": ["fmax"], "phonons": ["fmax", "phonon_supercell", "phonon_distance", "phonon_npoints"],
                "npt": ["npt"], "nvt": ["nvt"], "speed": ["npt", "ase_steps"]}[part]
-        blob = json.dumps({"model": model_name, "part": part, **{k: d[k] for k in sel}}, sort_keys=True)
+        return {k: d[k] for k in sel}
+
+    def part_fingerprint(self, part: str, model_name: str) -> str:
+        blob = json.dumps({"model": model_name, "part": part, **self.part_settings(part)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -127,22 +143,25 @@ def load_results(out: str) -> dict:
     if os.path.exists(path):
         with open(path) as fh:
             data = json.load(fh)
-        if data.get("schema") != SCHEMA:
+        if data.get("schema") not in READABLE_SCHEMAS:
             raise ValueError(f"{path} is not a jaxpto PTO-test result (schema {data.get('schema')!r}); "
                              "use another --out directory")
+        data["schema"] = SCHEMA  # /1 -> /2 only adds fields
         return data
     return {"schema": SCHEMA, "models": []}
 
 
+def _silent(*args, **kwargs):
+    return None
+
+
 def write_results(out: str, data: dict) -> str:
-    """Write ``OUT/results.json`` atomically (a kill never leaves a truncated file)."""
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "results.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(_jsonable(data), fh, indent=1)
-    os.replace(tmp, path)
-    return path
+    """Write ``OUT/results.json`` atomically (a kill or a full disk keeps the previous file, and no
+    temporary file is left behind); only process 0 of a multi-process run writes."""
+    if not is_main_process():
+        return os.path.join(out, "results.json")
+    text = json.dumps(_jsonable(data), indent=1)
+    return atomic_write(os.path.join(out, "results.json"), lambda fh: fh.write(text), mode="w")
 
 
 def model_entry(data: dict, name: str) -> dict:
@@ -202,39 +221,6 @@ def run_phonons(model, protocol: PTOProtocol, static: dict) -> dict:
                        npoints=protocol.phonon_npoints)
 
 
-def ase_calculator(name: str, model):
-    """The model's own ASE calculator (the study's method) for the speed comparison, and its kind."""
-    from bridges.registry import KNOWN_MODELS
-
-    fam = KNOWN_MODELS.get(str(name).lower(), (None,))[0]
-    if fam == "sevenn":
-        from sevenn.calculator import SevenNetCalculator
-
-        kw = {"modal": "PBE"} if name.lower() == "7net-mf-0" else {}
-        return SevenNetCalculator(name.lower(), device="cpu" if model_device_is_cpu() else "cuda", **kw), "SevenNetCalculator"
-    if fam == "chgnet":
-        from chgnet.model import CHGNet
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        version = name.lower().split("-", 1)[1]
-        return CHGNetCalculator(CHGNet.load(model_name=version, verbose=False), use_device=None), "CHGNetCalculator"
-    if fam is not None and fam != "jax":
-        from bridges.registry import family_module
-
-        hook = getattr(family_module(fam), "ase_calculator", None)
-        if hook is not None:
-            return hook(name), f"{fam} ASE calculator"
-    from jaxpto.calculator import JaxptoCalculator
-
-    return JaxptoCalculator(model), "JaxptoCalculator (no own ASE calculator)"
-
-
-def model_device_is_cpu() -> bool:
-    import jax
-
-    return jax.default_backend() == "cpu"
-
-
 def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     """jaxpto vs ASE, same model, same 1-replica NPT on the NPT supercell, timed in one run."""
     from ase import units
@@ -250,7 +236,7 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     n = max(protocol.ase_steps, 2)
     T = p.temperatures_k[0]
     one = dataclasses.replace(p, temperatures_k=(T,), steps=2 * n, chunk_steps=n, record_every=n,
-                              average_last_ps=p.timestep_fs * n * 1e-3)
+                              average_last_ps=p.timestep_fs * n * 1e-3, swap_interval=None)
     res = run_sweep(model, one, model_name=name, progress=False, dtype=dtype)
     jax_speed = res["speed"]
     atoms = polar_supercell(p.supercell, p.a, p.c, p.shifts)
@@ -259,8 +245,10 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         MaxwellBoltzmannDistribution(atoms, temperature_K=T, rng=np.random.default_rng(p.seed))
-    calc, kind = ase_calculator(name, model)
-    atoms.calc = calc
+    from bridges.registry import ase_calculator
+
+    atoms.calc = ase_calculator(name)  # the model family's own ASE calculator (the study's method)
+    kind = type(atoms.calc).__name__
     dyn = AseNPT(atoms, p.timestep_fs * units.fs, temperature_K=T, ttime=p.ttime_fs * units.fs,
                  pfactor=p.pfactor, externalstress=0.0, mask=np.eye(3))
     dyn.run(1)  # first call: model set-up, kept out of the timing as for jaxpto
@@ -274,45 +262,92 @@ def run_speed(model, name: str, protocol: PTOProtocol, dtype=None) -> dict:
 
 
 def _save_series(out: str, name: str, ens: str, res: dict) -> None:
+    st = res.get("final_state")
+    if st is not None:  # gathering the replicas is collective: every process takes part
+        positions, cells, numbers = to_host(st.positions), to_host(st.cell), to_host(st.numbers)
+    if not is_main_process():
+        return
     d = os.path.join(out, slug(name))
     os.makedirs(d, exist_ok=True)
     np.savez_compressed(os.path.join(d, f"{ens}_series.npz"),
                         temperatures_k=np.array(res["protocol"]["temperatures_k"]),
-                        **{k: v for k, v in res["series"].items()})
+                        **{k: v for k, v in res["series"].items()},
+                        **({f"{k}_by_walker": v for k, v in series_by_walker(res["series"]).items()}
+                           if "walker" in res["series"] else {}))
     # Final configuration of every replica still running, as extended XYZ (ASE-readable).
-    st = res.get("final_state")
     if st is not None:
         from ase import Atoms
         from ase.io import write
 
         temps = res["protocol"]["temperatures_k"]
         frames = []
-        for j, i in enumerate(res["active"]):
-            a = Atoms(numbers=np.asarray(st.numbers), positions=np.asarray(st.positions[j], float),
-                      cell=np.asarray(st.cell[j], float), pbc=True)
+        for i in res["active"]:  # the state holds every replica; stopped ones are not written
+            a = Atoms(numbers=numbers, positions=positions[i].astype(float),
+                      cell=cells[i].astype(float), pbc=True)
             a.info["temperature_k"] = temps[i]
             frames.append(a)
         if frames:
             write(os.path.join(d, f"{ens}_final.extxyz"), frames)
 
 
+def checkpoint_path(out: str, name: str, part: str) -> str:
+    """``OUT/checkpoints/<model>-<part>.checkpoint.npz``; an old-format pickle checkpoint of the same
+    sweep (``.pkl``, jaxpto before issue #17) is an error, never loaded (unpickling can run code)."""
+    base = os.path.join(out, "checkpoints", f"{slug(name)}-{part}")
+    if os.path.exists(base + ".pkl"):
+        raise CheckpointError(f"checkpoint {base}.pkl is in the old pickle format, which this jaxpto does not load "
+                              "(unpickling a file can run code); delete it to restart the sweep from step 0, or "
+                              "finish the run with the jaxpto version that wrote it")
+    return base + ".checkpoint.npz"
+
+
+def check_writable(out: str, checkpoints: bool = False) -> None:
+    """Create ``out`` (and ``out/checkpoints``) and write a probe file there, or a clear ``OSError``
+    naming the directory, before any work starts."""
+    import tempfile
+
+    dirs = [out] + ([os.path.join(out, "checkpoints")] if checkpoints else [])
+    for d in dirs:
+        try:
+            os.makedirs(d, exist_ok=True)
+            with tempfile.TemporaryFile(dir=d):
+                pass
+        except OSError as exc:
+            raise OSError(exc.errno, f"the output directory {d} is not writable ({exc.strerror or exc}); "
+                                     "choose another --out") from exc
+
+
 def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts=PARTS, progress: bool = True,
-                 dtype=None, log=print) -> dict:
+                 dtype=None, log=print, devices=None) -> dict:
     """Run the PTO-test for every model in ``models`` (names or paths), writing ``out``.
 
     ``parts``: any of ``static``, ``phonons``, ``npt``, ``nvt``, ``speed``. Parts already in
     ``out/results.json`` with the same protocol are skipped; interrupted sweeps resume.
+    ``devices``: shard the sweeps' temperatures over devices (and processes, in a
+    ``jax.distributed`` run: every process runs this function, process 0 writes the files).
     """
+    if not is_main_process():
+        log = _silent
     protocol = protocol or study_protocol()
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)}; parts are {', '.join(PARTS)}")
-    os.makedirs(out, exist_ok=True)
-    from bridges.registry import is_jax_native
+    # Everything that can be checked without computing is checked before the first part starts.
+    from bridges.registry import check_model_name, is_jax_native
     from jaxpto import host_allocator
 
+    for name in models:
+        check_model_name(name)
+    sweeps = [protocol.npt if part == "npt" else protocol.nvt for part in ("npt", "nvt") if part in parts]
+    for sweep in sweeps:
+        check_sweep_memory(sweep)  # the model-independent lower bound; run_sweep checks with the model's cutoff
+    check_writable(out, checkpoints=bool(sweeps))
+
     if not all(is_jax_native(m) for m in models):
+        from bridges import gpu_memory
+
         host_allocator.tune()  # torch models on the CPU: before device_info() starts JAX's threads
+        gpu_memory.share_gpu_with_torch()  # torch models on a GPU: before JAX reserves its memory
     data = load_results(out)
     data.update(protocol=protocol.to_dict(), versions=versions(), device=device_info())
     data.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -342,22 +377,26 @@ def run_pto_test(models, out: str, protocol: PTOProtocol | None = None, *, parts
                 entry["phonons"] = run_phonons(model, protocol, entry["static"])
             elif part in ("npt", "nvt"):
                 sweep = protocol.npt if part == "npt" else protocol.nvt
-                ckpt = os.path.join(out, "checkpoints", f"{slug(name)}-{part}.pkl")
-                res = run_sweep(model, sweep, model_name=name, checkpoint=ckpt, progress=progress, dtype=dtype,
-                                relaxed_c_over_a=relaxed_ca)
+                res = run_sweep(model, sweep, model_name=name, checkpoint=checkpoint_path(out, name, part),
+                                progress=progress, dtype=dtype, relaxed_c_over_a=relaxed_ca, devices=devices)
                 _save_series(out, name, part, res)
                 entry[part] = res["replicas"]
                 entry[f"{part}_tc_k"] = res["tc_k"]
                 entry[f"{part}_tc_note"] = res["tc_note"]
                 entry[f"{part}_averaging_window_ps"] = res["averaging_window_ps"]
+                entry[f"{part}_averaging_note"] = res["averaging_note"]
+                if "replica_exchange" in res:
+                    entry[f"{part}_replica_exchange"] = res["replica_exchange"]
                 entry.setdefault("speed", {})[part] = res["speed"]
             elif part == "speed":
                 entry.setdefault("speed", {})["ase_comparison"] = run_speed(model, name, protocol, dtype)
-            entry["parts"][part] = {"fingerprint": fp, "seconds": time.perf_counter() - t0}
+            entry["parts"][part] = {"fingerprint": fp, "seconds": time.perf_counter() - t0,
+                                    "protocol": {**protocol.part_settings(part), "quick": protocol.quick}}
             write_results(out, data)  # finished work is on disk before the next part starts
             log(f"[{name}] {part} done in {time.perf_counter() - t0:.1f} s")
     from jaxpto.workflows.report import write_report
 
-    write_report(out, data)
+    if is_main_process():
+        write_report(out, data)
     write_results(out, data)
     return data

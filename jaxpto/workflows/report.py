@@ -158,6 +158,54 @@ def verdict(m: dict) -> str:
     return f"**{name}** " + "; ".join(parts) + "."
 
 
+def part_protocol(data: dict, m: dict, part: str) -> tuple[dict | None, bool]:
+    """``(settings, recorded)``: the sweep settings ``part`` ("npt"/"nvt") of model entry ``m`` ran
+    with (schema /2: kept with the part), or the file's top-level protocol (schema /1 files; then
+    ``recorded`` is False: it is the last command's protocol, not necessarily this part's)."""
+    own = ((m.get("parts") or {}).get(part) or {}).get("protocol")
+    if own is not None:
+        return own.get(part), True
+    return (data.get("protocol") or {}).get(part), False
+
+
+def _sweep_protocol_text(part: str, p: dict, window_ps) -> str:
+    temps = ", ".join(f"{t:.0f}" for t in p.get("temperatures_k", []))
+    if part == "npt":
+        kind = (f"Melchionna NPT (ttime {p.get('ttime_fs')} fs, pfactor {_fmt(p.get('pfactor'), '.1f')} ASE units, "
+                "mask eye(3), stress 0)")
+    else:
+        kind = f"Langevin NVT (friction {p.get('friction_per_fs')}/fs) at a = {p.get('a')}, c = {p.get('c')} Å"
+    window = f", averaged over the last {_fmt(window_ps, 'g')} ps" if window_ps is not None else ""
+    return (f"{kind}, {p.get('supercell')}^3 supercell, {p.get('steps')} steps of {p.get('timestep_fs')} fs, "
+            f"T = {temps} K{window}")
+
+
+def sweep_protocol_lines(data: dict, part: str) -> list[str]:
+    """The protocol line(s) of a sweep section: one per distinct protocol among the models that ran
+    the part (each part keeps its own protocol), and a warning per model whose window was cut."""
+    groups: dict[str, list[str]] = {}
+    notes = []
+    for m in data.get("models", []):
+        if not m.get(part):
+            continue
+        p, recorded = part_protocol(data, m, part)
+        text = _sweep_protocol_text(part, p or {}, m.get(f"{part}_averaging_window_ps")) if p else "not recorded"
+        if not recorded:
+            text += " (recorded for the whole results file by an older jaxpto, not for this part)"
+        groups.setdefault(text, []).append(m["model"])
+        if m.get(f"{part}_averaging_note"):
+            notes.append(f"> **Warning ({m['model']})**: {m[f'{part}_averaging_note']}.")
+    lines = []
+    for text, names in groups.items():
+        who = f" ({', '.join(names)})" if len(groups) > 1 else ""
+        lines.append(f"Protocol{who}: {text}.")
+    if lines:
+        lines.append("")
+    if notes:
+        lines += notes + [""]
+    return lines
+
+
 def write_report(out: str, data: dict) -> str:
     """Figures and ``OUT/report.md`` from the results ``data`` (the content of results.json)."""
     models = data.get("models", [])
@@ -179,7 +227,9 @@ def write_report(out: str, data: dict) -> str:
 
     proto = data.get("protocol", {})
     lines = ["# PTO-test report", ""]
-    if proto.get("quick"):
+    quick = any(((m.get("parts") or {}).get(part) or {}).get("protocol", {}).get("quick")
+                for m in models for part in (m.get("parts") or {}))
+    if quick or proto.get("quick"):
         lines += ["> **Quick protocol**: small supercell, few temperatures, short runs. The numbers show that "
                   "the pipeline works; they are not converged physics. Run without `--quick` for the study's "
                   "protocol.", ""]
@@ -188,13 +238,7 @@ def write_report(out: str, data: dict) -> str:
     lines += [f"Device: {dev.get('gpu') or dev.get('processor') or dev.get('platform')} "
               f"(JAX backend {dev.get('jax_backend')}); jaxpto {ver.get('jaxpto')}, JAX {ver.get('jax')}, "
               f"torch {ver.get('torch', '-')}, ASE {ver.get('ase')}, phonopy {ver.get('phonopy')}.", ""]
-    npt_p, nvt_p = proto.get("npt", {}), proto.get("nvt", {})
-    if npt_p:
-        lines += [f"Protocol: NPT Melchionna (ttime {npt_p.get('ttime_fs')} fs, pfactor {npt_p.get('pfactor'):.1f} "
-                  f"ASE units, mask eye(3)), NVT Langevin (friction {nvt_p.get('friction_per_fs')}/fs), "
-                  f"{npt_p.get('supercell')}^3 supercell, {npt_p.get('steps')} steps of {npt_p.get('timestep_fs')} fs, "
-                  f"T = {', '.join(f'{t:.0f}' for t in npt_p.get('temperatures_k', []))} K; all temperatures run as "
-                  "replicas of one batched program.", ""]
+    lines += ["All temperatures of a sweep run as replicas of one batched program.", ""]
     lines += ["## Verdicts", ""] + [verdict(m) + "\n" for m in models]
     lines += ["## Static properties", "", "| model | a (Å) | c (Å) | c/a | V (Å³) | ΔE_T-C (eV/f.u.) | lowest phonon (THz) | imaginary |",
               "|---|---|---|---|---|---|---|---|"]
@@ -209,7 +253,8 @@ def write_report(out: str, data: dict) -> str:
     for key, title in (("static", "Relaxed lattice"), ("phonons", "Phonon bands")):
         if figs.get(key):
             lines += [f"![{title}]({os.path.basename(figs[key])})", ""]
-    lines += ["## NPT sweep", "", "| model | T (K) | a (Å) | b (Å) | c (Å) | c/a | phase | evidence |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["## NPT sweep", ""] + sweep_protocol_lines(data, "npt")
+    lines += ["| model | T (K) | a (Å) | b (Å) | c (Å) | c/a | phase | evidence |", "|---|---|---|---|---|---|---|---|"]
     for m in models:
         for r in m.get("npt") or []:
             lat = " | ".join(f"{_fmt(r.get(k))} ± {_fmt(r.get(k + '_std'), '.4f')}" for k in "abc")
@@ -217,7 +262,8 @@ def write_report(out: str, data: dict) -> str:
                          f"{r.get('phase')} | {r.get('phase_evidence', '')} |")
     if figs.get("npt"):
         lines += ["", f"![NPT lattice]({os.path.basename(figs['npt'])})"]
-    lines += ["", "## NVT polarization", "", "| model | T (K) | P_x | P_y | P_z (C/m²) | ⟨|P|⟩ | status |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "## NVT polarization", ""] + sweep_protocol_lines(data, "nvt")
+    lines += ["| model | T (K) | P_x | P_y | P_z (C/m²) | ⟨|P|⟩ | status |", "|---|---|---|---|---|---|---|"]
     for m in models:
         for r in m.get("nvt") or []:
             lines.append(f"| {m['model']} | {r['temperature_k']:.0f} | {_fmt(r.get('px'), '.3f')} | "
@@ -240,7 +286,7 @@ def write_report(out: str, data: dict) -> str:
                          f"ASE {1e3 * sp['ase_s_per_step']:.1f} / jaxpto {1e3 * sp['jaxpto_s_per_step']:.1f} | "
                          f"{sp['ase_us_per_atom_step']:.1f} / {sp['jaxpto_us_per_atom_step']:.1f} | "
                          f"ASE/jaxpto = {_fmt(sp.get('ase_over_jaxpto'), '.2f')} |")
-    path = os.path.join(out, "report.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    return path
+    from jaxpto.workflows.checkpoint import atomic_write
+
+    text = "\n".join(lines) + "\n"
+    return atomic_write(os.path.join(out, "report.md"), lambda fh: fh.write(text), mode="w")
