@@ -129,7 +129,7 @@ def _protocol(args):
                        ("pfactor", "pfactor"), ("friction", "friction_per_fs"), ("charges", "charges"),
                        ("chunk_steps", "chunk_steps"), ("record_every", "record_every"), ("seed", "seed"),
                        ("replica_exchange", "swap_interval")):
-        v = getattr(args, arg)
+        v = getattr(args, arg, None)  # export-lammps has no --replica-exchange (its decks run one replica each)
         if v is not None:
             sweep_kw[field] = v
     top = {}

