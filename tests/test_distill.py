@@ -30,6 +30,13 @@ def _one(nb):
     return jax.tree_util.tree_map(lambda a: a[0], nb)
 
 
+def _jit_model(model, numbers):
+    """``model`` compiled with the species closed over (as the engine does): eager op-by-op calls
+    of the student take far longer than compiling it."""
+    z = np.asarray(numbers)
+    return jax.jit(lambda pos, cell, nb: model(pos, cell, z, nb))
+
+
 # ---------------------------------------------------------------------------------------------
 # The potential
 # ---------------------------------------------------------------------------------------------
@@ -53,15 +60,16 @@ def test_forces_and_stress_are_autodiff_of_the_energy(pto_cell, l_max, compact):
     params = S.init_params(cfg, seed=1, dtype=jnp.float64)
     params["readout"] = jax.tree_util.tree_map(lambda a: 3 * a, params["readout"])
     efs = S.make_efs(cfg)
-    pos, cell, z = (jnp.asarray(x) for x in (pto_cell.positions, pto_cell.cell.array, pto_cell.numbers))
+    z = np.asarray(pto_cell.numbers)
+    pos, cell = (jnp.asarray(x) for x in (pto_cell.positions, pto_cell.cell.array))
     nb = _one(nl.allocate(pos[None], cell[None], cfg.cutoff, skin=0.3))
-    energy, forces, stress = efs(params, pos, cell, z, nb)
+    energy, forces, stress = jax.jit(lambda p, x, c, n: efs(p, x, c, z, n))(params, pos, cell, nb)
 
-    def strained(p, eps):
+    def strained(p, x, eps, n):
         d = jnp.eye(3) + eps
-        return efs(params, p @ d, cell @ d, z, nb)[0]
+        return efs(p, x @ d, cell @ d, z, n)[0]
 
-    g_pos, g_eps = jax.grad(strained, argnums=(0, 1))(pos, jnp.zeros((3, 3)))
+    g_pos, g_eps = jax.jit(jax.grad(strained, argnums=(1, 2)))(params, pos, jnp.zeros((3, 3)), nb)
     volume = abs(np.linalg.det(np.asarray(cell)))
     assert float(jnp.abs(forces).max()) > 0.5  # a non-trivial check
     np.testing.assert_allclose(forces, -g_pos, atol=1e-10)
@@ -74,24 +82,23 @@ def test_forces_and_stress_are_autodiff_of_the_energy(pto_cell, l_max, compact):
 def test_rotation_translation_and_compact_path(pto_cell):
     cfg = S.StudentConfig(species=(8, 22, 82), **SMALL, angular_neighbors=40)
     params = S.init_params(cfg, seed=2, dtype=jnp.float64)
-    model = S.student_model(params, cfg)
-    full = S.student_model(params, dataclasses.replace(cfg, angular_neighbors=0))
+    model = _jit_model(S.student_model(params, cfg), pto_cell.numbers)
+    full = _jit_model(S.student_model(params, dataclasses.replace(cfg, angular_neighbors=0)), pto_cell.numbers)
     rot = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
     pos = pto_cell.positions
     cells = np.stack([pto_cell.cell.array, pto_cell.cell.array @ rot.T, pto_cell.cell.array])
     positions = np.stack([pos, pos @ rot.T, pos + np.array([0.3, -1.2, 2.0])])
     nb = nl.allocate(jnp.asarray(positions), jnp.asarray(cells), cfg.cutoff, skin=0.5)
-    out = model(jnp.asarray(positions), jnp.asarray(cells), jnp.asarray(pto_cell.numbers), nb)
-    ref = full(jnp.asarray(positions), jnp.asarray(cells), jnp.asarray(pto_cell.numbers), nb)
+    out = model(jnp.asarray(positions), jnp.asarray(cells), nb)
+    ref = full(jnp.asarray(positions), jnp.asarray(cells), nb)
     np.testing.assert_allclose(out.energy, ref.energy, rtol=1e-12)
     np.testing.assert_allclose(out.forces, ref.forces, atol=1e-12)
     np.testing.assert_allclose(out.energy[1], out.energy[0], rtol=1e-12)
     np.testing.assert_allclose(out.forces[1], out.forces[0] @ rot.T, atol=1e-10)
     np.testing.assert_allclose(out.energy[2], out.energy[0], rtol=1e-12)
     # More angular neighbours than slots: the step takes the uncompacted path, same numbers.
-    tight = S.student_model(params, dataclasses.replace(cfg, angular_neighbors=8))
-    np.testing.assert_allclose(tight(jnp.asarray(positions), jnp.asarray(cells), jnp.asarray(pto_cell.numbers),
-                                     nb).forces, ref.forces, atol=1e-12)
+    tight = _jit_model(S.student_model(params, dataclasses.replace(cfg, angular_neighbors=8)), pto_cell.numbers)
+    np.testing.assert_allclose(tight(jnp.asarray(positions), jnp.asarray(cells), nb).forces, ref.forces, atol=1e-12)
 
 
 def test_spherical_harmonics_addition_theorem():
@@ -115,11 +122,13 @@ def test_save_load_round_trip_and_checksum(tmp_path, pto_cell):
     path = S.save_student(str(tmp_path / "s.npz"), params, cfg, {"teacher": "test", "name": "s"})
     model = jaxpto.load_model(path)  # detected from the file's content
     direct = S.student_model(params, cfg)
+    assert model.cutoff == direct.cutoff
+    model, direct = _jit_model(model, pto_cell.numbers), _jit_model(direct, pto_cell.numbers)
     pos = jnp.asarray(pto_cell.positions[None], jnp.float32)
     cell = jnp.asarray(pto_cell.cell.array[None], jnp.float32)
     nb = nl.allocate(pos, cell, cfg.cutoff)
-    a = model(pos, cell, jnp.asarray(pto_cell.numbers), nb)
-    b = direct(pos, cell, jnp.asarray(pto_cell.numbers), nb)
+    a = model(pos, cell, nb)
+    b = direct(pos, cell, nb)
     assert np.array_equal(np.asarray(a.energy), np.asarray(b.energy))
     assert np.array_equal(np.asarray(a.forces), np.asarray(b.forces))
     assert S.read_header(path)["info"]["teacher"] == "test"

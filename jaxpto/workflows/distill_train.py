@@ -185,7 +185,7 @@ def initialise(config: StudentConfig, packs, seed: int) -> dict:
     pk = max(packs, key=lambda p: p.n_frames)
     b = min(pk.n_frames, 8)
     batch = _batch(pk, np.arange(b))
-    _, f, _ = _batched_efs(config)(params, *batch[:3], batch[3])
+    _, f, _ = _evaluate_jit(config)(params, *batch[:4])  # jitted: eager vmap of the student is slow
     rms_model = float(jnp.sqrt(jnp.mean(f**2))) + 1e-12
     rms_data = float(np.sqrt(np.mean(pk.forces[:b] ** 2))) + 1e-12
     params["energy_scale"] = jnp.asarray(0.3 * rms_data / rms_model, jnp.float32)
@@ -242,6 +242,14 @@ def _loss_fn(config: StudentConfig, settings: TrainSettings):
     return loss
 
 
+def _evaluate_jit(config):
+    # one jitted function per config: every evaluation during training reuses its compiled programs
+    key = ("evaluate", config)
+    if key not in _CACHE:
+        _CACHE[key] = jax.jit(_batched_efs(config), static_argnums=(3,))
+    return _CACHE[key]
+
+
 def evaluate(params, config: StudentConfig, packs, batch_frames: int = 32) -> dict:
     """Errors against the labels: per frame (energy per atom, force RMSE, stress max) and totals.
 
@@ -249,7 +257,7 @@ def evaluate(params, config: StudentConfig, packs, batch_frames: int = 32) -> di
     "force_rmse_mev_per_a", "stress_mae_ev_per_a3", "stress_rmse_ev_per_a3", "n_frames",
     "per_frame": {...arrays...}}``; the per-frame arrays line up with ``frame_ids``.
     """
-    efs = jax.jit(_batched_efs(config), static_argnums=(3,))
+    efs = _evaluate_jit(config)
     de, df2, nf, ds, hs, ids, temps, e_pred, e_ref, f_pred, f_ref, s_pred, s_ref = ([] for _ in range(13))
     for pk in packs:
         for s in range(0, pk.n_frames, batch_frames):
@@ -335,6 +343,36 @@ def _epoch_batches(packs, settings: TrainSettings, rng):
     return [batches[k] for k in perm]
 
 
+def _optimizer(settings: TrainSettings, total: int):
+    decay = optax.exponential_decay(settings.learning_rate, transition_steps=total,
+                                    decay_rate=settings.final_learning_rate / settings.learning_rate)
+    schedule = optax.join_schedules([optax.linear_schedule(settings.learning_rate * 0.1, settings.learning_rate,
+                                                           settings.warmup_steps), decay], [settings.warmup_steps])
+    return optax.chain(optax.clip_by_global_norm(settings.grad_clip), optax.adam(schedule))
+
+
+def _train_step(config: StudentConfig, settings: TrainSettings, total: int):
+    """The jitted Adam step; cached so that runs differing only in seed (or repeated) share its
+    compiled programs (the seed changes the data order and initial weights, not the program)."""
+    key = ("step", config, dataclasses.replace(settings, seed=0, epochs=0, eval_every=0), total)
+    if key in _CACHE:
+        return _CACHE[key]
+    opt = _optimizer(settings, total)
+    loss = _loss_fn(config, settings)
+
+    @functools.partial(jax.jit, static_argnums=(5,))
+    def step(trainable, fixed, opt_state, pos, cell, numbers, edges, e, f, s, hs, w):
+        def objective(tr):
+            return loss({**tr, **fixed}, pos, cell, numbers, edges, e, f, s, hs, w)
+
+        value, grads = jax.value_and_grad(objective)(trainable)
+        updates, opt_state = opt.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, value
+
+    _CACHE[key] = step
+    return step
+
+
 def train(config: StudentConfig, train_packs, val_packs, settings: TrainSettings, *, params=None, log=print,
           time_limit_s: float | None = None):
     """Train (or fine-tune, when ``params`` is given) and return ``(best params, history)``.
@@ -354,22 +392,8 @@ def train(config: StudentConfig, train_packs, val_packs, settings: TrainSettings
     fixed = {k: v for k, v in params.items() if k in ("q_mean", "q_scale")}
     steps_per_epoch = len(_epoch_batches(train_packs, settings, np.random.default_rng(0)))
     total = max(1, settings.epochs * steps_per_epoch)
-    decay = optax.exponential_decay(settings.learning_rate, transition_steps=total,
-                                    decay_rate=settings.final_learning_rate / settings.learning_rate)
-    schedule = optax.join_schedules([optax.linear_schedule(settings.learning_rate * 0.1, settings.learning_rate,
-                                                           settings.warmup_steps), decay], [settings.warmup_steps])
-    opt = optax.chain(optax.clip_by_global_norm(settings.grad_clip), optax.adam(schedule))
-    opt_state = opt.init(trainable)
-    loss = _loss_fn(config, settings)
-
-    @functools.partial(jax.jit, static_argnums=(4,))
-    def step(trainable, opt_state, pos, cell, numbers, edges, e, f, s, hs, w):
-        def objective(tr):
-            return loss({**tr, **fixed}, pos, cell, numbers, edges, e, f, s, hs, w)
-
-        value, grads = jax.value_and_grad(objective)(trainable)
-        updates, opt_state = opt.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, value
+    opt_state = _optimizer(settings, total).init(trainable)
+    step = _train_step(config, settings, total)
 
     history, best, best_loss = [], None, math.inf
     t0 = time.perf_counter()
@@ -378,7 +402,7 @@ def train(config: StudentConfig, train_packs, val_packs, settings: TrainSettings
         for g, sel, w in _epoch_batches(train_packs, settings, rng):
             pk = train_packs[g]
             b = _batch(pk, sel)
-            trainable, opt_state, value = step(trainable, opt_state, *b, jnp.asarray(w))
+            trainable, opt_state, value = step(trainable, fixed, opt_state, *b, jnp.asarray(w))
             losses.append(float(value))
         last = epoch == settings.epochs or (time_limit_s is not None and time.perf_counter() - t0 > time_limit_s)
         if epoch % settings.eval_every == 0 or last or epoch == 1:
