@@ -271,20 +271,72 @@ def test_configurations_relabelled_by_the_teacher_and_resumed(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+def _cu_configurations(path):
+    """Thermal-like Cu configurations (32 atoms): per temperature three trajectories of rattled,
+    strained cells, the third held out; labelled by ASE's own EMT (the teacher's reference)."""
+    rng = np.random.default_rng(11)
+    frames = []
+    for temp, amp in ((300.0, 0.06), (700.0, 0.09)):
+        for traj in range(3):
+            for k in range(16):
+                at = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+                strain = np.eye(3) + rng.uniform(-0.015, 0.015, (3, 3))
+                at.set_cell(at.cell.array @ (0.5 * (strain + strain.T)), scale_atoms=True)
+                at.positions += rng.normal(0, amp, at.positions.shape)
+                at.calc = EMT()
+                frames.append(D.make_frame(at.numbers, at.positions, at.cell, at.get_potential_energy(),
+                                           at.get_forces(), at.get_stress(voigt=False), trajectory=f"cu-{temp:.0f}/{traj}",
+                                           temperature_k=temp, validation=traj == 2))
+    return D.write_frames(path, frames)
+
+
 @pytest.fixture(scope="module")
 def emt_student(tmp_path_factory):
-    """`jaxpto distill --teacher emt` on fcc Cu (small sizes; float64 like every test here)."""
+    """`jaxpto distill` end to end on EMT-labelled fcc Cu (teacher MD and teacher labelling are
+    tested on their own above and below, to keep this CI-sized)."""
     from jaxpto.cli import main
 
     out = tmp_path_factory.mktemp("distill-emt")
-    cu = str(out / "cu.xyz")
-    write(cu, bulk("Cu", "fcc", a=3.61, cubic=True))
+    data = _cu_configurations(str(out / "cu-emt.extxyz"))
     arch = ",".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in SMALL.items())
-    rc = main(["distill", "--teacher", "emt", "--structure", cu, "--out", str(out / "run"), "--temperatures",
-               "300,700", "--steps", "200", "--steps-large", "0", "--rounds", "0", "--epochs", "150",
+    rc = main(["distill", "--data", data, "--out", str(out / "run"), "--rounds", "0", "--epochs", "150",
                "--architecture", arch, "--no-report"])
     assert rc == 0
     return out / "run"
+
+
+def test_teacher_md_group_resumes_from_its_checkpoint(tmp_path):
+    """Teacher MD (one batched NVT group with the JAX EMT): frames labelled with the teacher's
+    own energy/forces/stress (checked against ASE's EMT), and a run stopped after its first chunk
+    resumes from the data-only checkpoint to the full set of frames."""
+    from bridges.registry import load_model
+
+    base = bulk("Cu", "fcc", a=3.61, cubic=True)
+    group = D.MDGroup(name="t", supercell=(2, 1, 1), ensemble="nvt", steps=40, record_every=10,
+                      trajectories=(D.Trajectory("structure", 300.0), D.Trajectory("structure-strained", 600.0, True)))
+    teacher = load_model("emt")
+    ck = str(tmp_path / "md.npz")
+    first = D.run_md_group(teacher, group, seed=3, base=base, checkpoint=ck, chunk_steps=20, stop_check=lambda: True)
+    assert len(first) == 2 * 2 and os.path.exists(ck)
+    resumed = D.run_md_group(teacher, group, seed=3, base=base, checkpoint=ck, chunk_steps=20)
+    assert len(resumed) == 2 * 4
+    assert sorted({at.info["step"] for at in resumed}) == [10, 20, 30, 40]
+    for a, b in zip(first, resumed[:4]):  # the first chunk's frames come back from the checkpoint as they were
+        np.testing.assert_array_equal(a.positions, b.positions)
+        assert a.get_potential_energy() == b.get_potential_energy()
+    late = [at for at in resumed if at.info["step"] == 40]
+    assert {at.info["validation"] for at in late} == {False, True}
+    for at in late:
+        ref = at.copy()
+        ref.calc = EMT()
+        assert at.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(at.get_forces(), ref.get_forces(), atol=1e-6)
+    # A checkpoint of another group is refused, naming the way out.
+    other = dataclasses.replace(group, steps=60)
+    from jaxpto.workflows.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="delete it"):
+        D.run_md_group(teacher, other, seed=3, base=base, checkpoint=ck, chunk_steps=20)
 
 
 @pytest.mark.slow
@@ -299,11 +351,12 @@ def test_distilled_emt_recovers_the_teacher(emt_student):
     assert err["stress_mae_ev_per_a3"] < 0.003
     first = summary["training_history"]["gen0"][0]["val"]
     assert first["force_rmse_mev_per_a"] > 3 * err["force_rmse_mev_per_a"]
-    # The per-temperature table covers both temperatures.
+    # The per-temperature table covers both temperatures; the labels came from the teacher.
     assert sorted(r["temperature_k"] for r in summary["validation_errors_by_temperature"]) == [300.0, 700.0]
     # The file records its provenance.
     header = S.read_header(str(emt_student / "student.npz"))
-    assert header["info"]["teacher"] == "emt" and header["info"]["data"]["frames"] > 0
+    data = header["info"]["data"]
+    assert data["frames"] == 96 and data["validation_frames"] == 32 and data["user_files"][0].endswith("cu-emt.extxyz")
     assert header["info"]["settings"]["train"]["epochs"] == 150
 
 

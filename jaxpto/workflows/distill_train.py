@@ -343,30 +343,38 @@ def _epoch_batches(packs, settings: TrainSettings, rng):
     return [batches[k] for k in perm]
 
 
-def _optimizer(settings: TrainSettings, total: int):
+def learning_rates(settings: TrainSettings, total: int) -> np.ndarray:
+    """The learning rate of every Adam step: linear warm-up from a tenth, then exponential decay
+    to ``final_learning_rate`` at step ``total``."""
     decay = optax.exponential_decay(settings.learning_rate, transition_steps=total,
                                     decay_rate=settings.final_learning_rate / settings.learning_rate)
     schedule = optax.join_schedules([optax.linear_schedule(settings.learning_rate * 0.1, settings.learning_rate,
                                                            settings.warmup_steps), decay], [settings.warmup_steps])
-    return optax.chain(optax.clip_by_global_norm(settings.grad_clip), optax.adam(schedule))
+    return np.asarray(jax.vmap(schedule)(jnp.arange(total)), np.float32)
 
 
-def _train_step(config: StudentConfig, settings: TrainSettings, total: int):
-    """The jitted Adam step; cached so that runs differing only in seed (or repeated) share its
-    compiled programs (the seed changes the data order and initial weights, not the program)."""
-    key = ("step", config, dataclasses.replace(settings, seed=0, epochs=0, eval_every=0), total)
+def _optimizer(settings: TrainSettings):
+    # Adam's direction only; the step's learning rate is an argument of the jitted step (below)
+    return optax.chain(optax.clip_by_global_norm(settings.grad_clip), optax.scale_by_adam())
+
+
+def _train_step(config: StudentConfig, settings: TrainSettings):
+    """The jitted Adam step, cached per config and loss settings: runs that differ in seed,
+    epochs or learning rate (fine-tuning, rounds) share its compiled programs."""
+    key = ("step", config, settings.weight_energy, settings.weight_forces, settings.weight_stress, settings.grad_clip)
     if key in _CACHE:
         return _CACHE[key]
-    opt = _optimizer(settings, total)
+    opt = _optimizer(settings)
     loss = _loss_fn(config, settings)
 
-    @functools.partial(jax.jit, static_argnums=(5,))
-    def step(trainable, fixed, opt_state, pos, cell, numbers, edges, e, f, s, hs, w):
+    @functools.partial(jax.jit, static_argnums=(6,))
+    def step(trainable, fixed, opt_state, lr, pos, cell, numbers, edges, e, f, s, hs, w):
         def objective(tr):
             return loss({**tr, **fixed}, pos, cell, numbers, edges, e, f, s, hs, w)
 
         value, grads = jax.value_and_grad(objective)(trainable)
-        updates, opt_state = opt.update(grads, opt_state, trainable)
+        direction, opt_state = opt.update(grads, opt_state, trainable)
+        updates = jax.tree_util.tree_map(lambda d: -lr * d, direction)
         return optax.apply_updates(trainable, updates), opt_state, value
 
     _CACHE[key] = step
@@ -392,8 +400,10 @@ def train(config: StudentConfig, train_packs, val_packs, settings: TrainSettings
     fixed = {k: v for k, v in params.items() if k in ("q_mean", "q_scale")}
     steps_per_epoch = len(_epoch_batches(train_packs, settings, np.random.default_rng(0)))
     total = max(1, settings.epochs * steps_per_epoch)
-    opt_state = _optimizer(settings, total).init(trainable)
-    step = _train_step(config, settings, total)
+    opt_state = _optimizer(settings).init(trainable)
+    step = _train_step(config, settings)
+    rates = learning_rates(settings, total)
+    n_step = 0
 
     history, best, best_loss = [], None, math.inf
     t0 = time.perf_counter()
@@ -402,7 +412,9 @@ def train(config: StudentConfig, train_packs, val_packs, settings: TrainSettings
         for g, sel, w in _epoch_batches(train_packs, settings, rng):
             pk = train_packs[g]
             b = _batch(pk, sel)
-            trainable, opt_state, value = step(trainable, fixed, opt_state, *b, jnp.asarray(w))
+            lr = rates[min(n_step, total - 1)]
+            n_step += 1
+            trainable, opt_state, value = step(trainable, fixed, opt_state, lr, *b, jnp.asarray(w))
             losses.append(float(value))
         last = epoch == settings.epochs or (time_limit_s is not None and time.perf_counter() - t0 > time_limit_s)
         if epoch % settings.eval_every == 0 or last or epoch == 1:
