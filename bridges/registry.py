@@ -48,6 +48,7 @@ FAMILIES: dict[str, Family] = {
     "deepmd": Family("deepmd", "torch"),
     # JAX-native families with a bridges module (kind "jax"): a Model called inside the compiled step.
     "nequix": Family("nequix", "jax"),
+    "student": Family(None, "jax"),  # students written by `jaxpto distill` (bridges.student), files only
     "jax": Family(None, "potential"),
 }
 
@@ -257,7 +258,8 @@ def load_model(name_or_path, *, family: str | None = None, device=None, dtype=No
         models, "orb-v2", ..., "m3gnet-mp-2021.2.8-pes", ..., "nequix-mp-1", "nequix-mp-1-pft",
         "emt", "lj"), case insensitive, or a checkpoint file/directory (a MACE ``.model``, an ORB
         checkpoint, a matgl ``Potential.save`` directory, a deepmd-kit ``.pth``/``.pt``, a SevenNet
-        or CHGNet checkpoint, a Nequix ``.nqx``) whose family is detected from its content, or
+        or CHGNet checkpoint, a Nequix ``.nqx``, a student ``.npz``
+        written by ``jaxpto distill``) whose family is detected from its content, or
         given with ``family``. Models downloaded by their package (MACE, ORB, matgl, DeePMD,
         Nequix) use the package's own cache; offline and not cached, loading fails within seconds
         with the URL and how to pass a local file (:class:`bridges._download.ModelUnavailableError`).

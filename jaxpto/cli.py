@@ -10,6 +10,8 @@
 * ``jaxpto export-lammps MODEL --out DIR``: a LAMMPS run folder (a ``pair_style jax/kk`` bundle for
   JAX-native models, the family's own pair style for torch models) with the PTO-test's NPT/NVT
   protocols as LAMMPS decks (:mod:`jaxpto.workflows.lammps_export`).
+* ``jaxpto distill``: a fast JAX-native student of any model (teacher MD data, training,
+  active-sampling rounds, validation report); ``--data`` trains or fine-tunes on labelled files.
 * ``jaxpto check-model NAME|PATH``: is a model's energy, forces and stress one consistent,
   invariant, batched function (finite differences, batched == single, rotation/translation,
   a short NVE run)? One verdict table; ``--out`` writes it as JSON.
@@ -44,6 +46,13 @@ def _floats(text: str) -> tuple:
     if bad:
         raise argparse.ArgumentTypeError(f"temperatures must be positive (K), got {', '.join(f'{v:g}' for v in bad)}")
     return vals
+
+
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
 
 
 def _number(kind, low: float, inclusive: bool, what: str):
@@ -288,6 +297,125 @@ def _run_check_model(args, parser) -> int:
     return 0 if report.passed else 1
 
 
+def _architecture(text: str) -> dict:
+    """``key=value,key=value`` (hidden layers as 32x32) into StudentConfig settings."""
+    out = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"--architecture expects key=value items, got {item!r}")
+        key, value = (x.strip() for x in item.split("=", 1))
+        try:
+            if key == "hidden":
+                out[key] = tuple(int(v) for v in value.split("x"))
+            elif key.startswith("rc_"):
+                out[key] = float(value)
+            else:
+                out[key] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--architecture: bad value {value!r} for {key}") from None
+    return out
+
+
+def _add_distill(sub) -> None:
+    d = sub.add_parser("distill", help="train a fast JAX-native student of any model (or on labelled data)")
+    d.add_argument("--teacher", help="teacher model name or file (any model load_model takes), e.g. chgnet-0.3.0")
+    d.add_argument("--out", required=True, help="output directory (data, student.npz, report.md, figures)")
+    d.add_argument("--structure", help="crystal to distill on instead of PbTiO3 (any file ASE reads)")
+    d.add_argument("--data", action="append", default=[],
+                   help="labelled extxyz (energy eV, forces eV/A, stress eV/A^3); repeatable. Frames with an info "
+                        "'validation' flag are split by it, else every 5th frame is held out")
+    d.add_argument("--configurations", action="append", default=[],
+                   help="structures for the teacher to label (any file ASE reads; its own labels are ignored), e.g. "
+                        "another teacher's OUT/data/*.extxyz: one teacher call per frame, for teachers too slow "
+                        "for MD; repeatable, resumable")
+    d.add_argument("--configurations-every", type=POSITIVE_INT, default=1,
+                   help="label every k-th frame of each trajectory in --configurations (default 1)")
+    d.add_argument("--init", help="student file to fine-tune (with --data: the study's fine-tuning remedy)")
+    d.add_argument("--temperatures", type=_floats, help="teacher-MD temperatures in K (default 300,500,...,1300)")
+    d.add_argument("--steps", type=NON_NEGATIVE_INT,
+                   help="teacher-MD steps of the small cells (default 400; large cells half; 0: no teacher MD)")
+    d.add_argument("--steps-large", type=NON_NEGATIVE_INT, help="teacher-MD steps of the large cells (0: no large cells)")
+    d.add_argument("--static-cells", type=NON_NEGATIVE_INT, help="5-atom cells labelled on a (a, c/a, polar) grid (default 300)")
+    d.add_argument("--rounds", type=NON_NEGATIVE_INT, help="active-sampling rounds with the student's own MD (default 1)")
+    d.add_argument("--epochs", type=POSITIVE_INT, help="training epochs of the first student (default 200)")
+    d.add_argument("--round-epochs", type=POSITIVE_INT, help="epochs after each round (default 60)")
+    d.add_argument("--round-frames", type=_ints,
+                   help="frames labelled per student trajectory in each round, for the 40/135/625-atom cells "
+                        "(default 12,8,4; 0 skips that size)")
+    d.add_argument("--batch-atoms", type=POSITIVE_INT, help="atoms per minibatch (default 320)")
+    d.add_argument("--learning-rate", type=POSITIVE_FLOAT,
+                   help="initial Adam learning rate (default 3e-3; with --init a tenth of it unless given)")
+    d.add_argument("--architecture", type=_architecture,
+                   help="student settings, e.g. rc_radial=6,rc_angular=4.5,basis_radial=8,n_angular=6,l_max=4,hidden=32")
+    d.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed (data, split, initial weights, batches)")
+    d.add_argument("--no-report", action="store_true", help="skip the validation report")
+    d.add_argument("--report-only", action="store_true", help="only (re)write the validation report of OUT/student.npz")
+
+
+def _run_distill(args, parser) -> int:
+    import dataclasses
+
+    from jaxpto.workflows.distill import DEFAULT_ARCHITECTURE, DistillSettings, distill
+
+    if not args.teacher and not args.data:
+        parser.error("give --teacher (a model to distill) and/or --data (labelled extxyz files)")
+    base = DistillSettings(teacher=args.teacher)
+    kw = {"data": tuple(args.data), "init": args.init, "seed": args.seed,
+          "configurations": tuple(args.configurations), "configurations_every": args.configurations_every}
+    if args.configurations and not args.teacher:
+        parser.error("--configurations needs a --teacher to label them")
+    if args.structure:
+        kw["structure"] = args.structure
+    if args.temperatures:
+        kw["temperatures"] = args.temperatures
+    if args.steps is not None:
+        kw["steps_small"] = args.steps
+        kw["steps_large"] = max(10, 10 * round(args.steps / 2 / 10)) if args.steps else 0
+        if args.steps % 10:
+            parser.error(f"--steps must be a multiple of 10 (frames are recorded every 10 steps), got {args.steps}")
+    if args.steps_large is not None:
+        if args.steps_large % 10:
+            parser.error(f"--steps-large must be a multiple of 10 (or 0), got {args.steps_large}")
+        kw["steps_large"] = args.steps_large
+    if args.static_cells is not None:
+        kw["static_cells"] = args.static_cells
+    if args.rounds is not None:
+        kw["rounds"] = args.rounds
+    plan = {}
+    if args.round_epochs:
+        plan["epochs"] = args.round_epochs
+    if args.round_frames is not None:
+        if len(args.round_frames) != len(base.round_plan.supercells) or min(args.round_frames) < 0:
+            parser.error(f"--round-frames needs {len(base.round_plan.supercells)} numbers >= 0 (40/135/625 atoms), "
+                         f"got {args.round_frames}")
+        keep = [k for k, n in enumerate(args.round_frames) if n > 0]
+        plan.update(supercells=tuple(base.round_plan.supercells[k] for k in keep),
+                    steps=tuple(base.round_plan.steps[k] for k in keep),
+                    frames_per_trajectory=tuple(args.round_frames[k] for k in keep))
+    if plan:
+        kw["round_plan"] = dataclasses.replace(base.round_plan, **plan)
+    if args.architecture:
+        arch = {**DEFAULT_ARCHITECTURE, **args.architecture}
+        kw["architecture"] = tuple(sorted(arch.items()))
+    tkw = {k: v for k, v in (("epochs", args.epochs), ("batch_atoms", args.batch_atoms),
+                             ("learning_rate", args.learning_rate)) if v is not None}
+    tkw["seed"] = args.seed
+    kw["train"] = dataclasses.replace(base.train, **tkw)
+    try:
+        settings = dataclasses.replace(base, **kw)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    if not args.report_only:
+        summary = distill(settings, args.out)
+        print(f"student: {summary['student']}")
+    if not args.no_report:
+        from jaxpto.workflows.distill_report import write_report
+
+        path = write_report(args.out)
+        print(f"report: {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxpto", description="JAX-native molecular dynamics for ML force fields")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +434,7 @@ def main(argv=None) -> int:
         _add_pto_options(sp)
     _add_export_lammps(sub)
     _add_check_model(sub)
+    _add_distill(sub)
     args = parser.parse_args(argv)
     if getattr(args, "coordinator", None) or getattr(args, "num_processes", None) is not None:
         if not (args.coordinator and args.num_processes and args.process_id is not None):
@@ -321,6 +450,8 @@ def main(argv=None) -> int:
 
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.local_devices}").strip()
+    if args.command == "distill":
+        return _run_distill(args, parser)
     if args.command == "export-lammps":
         return _run_export_lammps(args, parser)
     if args.command == "check-model":

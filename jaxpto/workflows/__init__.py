@@ -8,4 +8,6 @@ imports them). Units are ASE's throughout (eV, Angstrom, ASE time; temperatures 
   :mod:`.checkpoint` (resumable parts), :mod:`.report` (JSON, markdown, figures);
 * :mod:`.model_check` (``jaxpto check-model``: a model against its own ASE calculator);
 * :mod:`.lammps_bundle`, :mod:`.lammps_deck`, :mod:`.lammps_export` (``jaxpto export-lammps``).
+* :mod:`.distill` (``jaxpto distill``: a JAX-native student of any model), :mod:`.distill_data`
+  (teacher MD, labels, extxyz files), :mod:`.distill_train` (optax training), :mod:`.distill_report`.
 """
