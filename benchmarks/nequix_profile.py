@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -42,13 +40,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def _median(fn, repeats):
+    """Median seconds of ``fn`` after one warm-up call (compilation)."""
+    from suite import _median_time
+
     fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return _median_time(fn, repeats)
 
 
 def _tensor_products_time(network, n_edges: int, repeats: int) -> float:
