@@ -24,13 +24,12 @@ from contextlib import redirect_stderr
 import numpy as np
 import pytest
 from ase import units
-from ase.build import bulk
 from ase.md import bussi, langevin, melchionna, nose_hoover_chain, npt, verlet
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.parallel import world
 
 import jaxpto.md as jmd
 from jaxpto.calculator import JaxptoCalculator
+from _cu_cells import sheared_cu
 
 ASE_CLASSES = {
     "VelocityVerlet": verlet.VelocityVerlet, "Langevin": langevin.Langevin, "Bussi": bussi.Bussi,
@@ -113,13 +112,7 @@ def test_not_offered_table_names_only_real_classes():
 # ---------------------------------------------------------------------------------------------
 
 def _atoms(lj_model, seed=1, size=2):
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (size, size, size)
-    cell = atoms.cell.array.copy()
-    cell[0, 1] = 0.15
-    cell[1, 2] = -0.1
-    atoms.set_cell(cell, scale_atoms=True)
-    atoms.rattle(0.05, seed=seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
+    atoms = sheared_cu(size, seed)
     atoms.calc = JaxptoCalculator(lj_model)
     return atoms
 

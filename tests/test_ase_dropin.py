@@ -13,19 +13,10 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 import jaxpto.md as jmd
 from jaxpto import simulate
 from jaxpto.calculator import JaxptoCalculator
+from _cu_cells import sheared_cu
 
 
-def _cell(size=2, seed=1):
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (size, size, size)
-    cell = atoms.cell.array.copy()
-    cell[0, 1] = 0.15
-    cell[1, 2] = -0.1
-    atoms.set_cell(cell, scale_atoms=True)
-    atoms.rattle(0.05, seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
-    return atoms
+_cell = sheared_cu
 
 
 def _rel(x, ref):
