@@ -158,11 +158,11 @@ def script(name: str, side: str) -> str:
     return _TIMED + textwrap.dedent(body).format(imp=IMPORTS[side][cls])
 
 
-def run_once(name: str, side: str, env: dict, timeout: float) -> dict:
+def run_once(name: str, side: str, env: dict, timeout: float, root: Path = ROOT) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "script.py"
         path.write_text(script(name, side))
-        env = dict(env, PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+        env = dict(env, PYTHONPATH=str(root) + os.pathsep + env.get("PYTHONPATH", ""))
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, str(path)], cwd=tmp, env=env, capture_output=True, text=True,
                               timeout=timeout)
@@ -182,21 +182,27 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--cache-dir", default=None,
                    help="also run jaxpto with JAX's persistent compilation cache in this (new) folder")
+    p.add_argument("--before", default=None, metavar="DIR",
+                   help="also run jaxpto from this checkout (e.g. a git worktree of an older commit), "
+                        "interleaved with the others: a before/after comparison in one run")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/startup-cpu.json"))
     args = p.parse_args(argv)
     env = dict(os.environ)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    sides = [("ase", "ase", env), ("jaxpto", "jaxpto", env)]
+    sides = [("ase", "ase", env, ROOT), ("jaxpto", "jaxpto", env, ROOT)]
+    if args.before:
+        sides.append(("jaxpto-before", "jaxpto", env, Path(args.before).resolve()))
     if args.cache_dir:
         sides.append(("jaxpto-cache", "jaxpto", dict(env, JAX_COMPILATION_CACHE_DIR=args.cache_dir,
-                                                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")))
+                                                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"), ROOT))
     results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "python": sys.version.split()[0], "repeats": args.repeats, "scenarios": {}}
+               "python": sys.version.split()[0], "repeats": args.repeats, "before": args.before,
+               "load_average_start": os.getloadavg(), "scenarios": {}}
     for name in args.scenarios:
-        runs = {label: [] for label, _, _ in sides}
+        runs = {label: [] for label, *_ in sides}
         for rep in range(args.repeats):
-            for label, side, side_env in sides:  # interleaved: the sides share the machine's state
-                r = run_once(name, side, side_env, args.timeout)
+            for label, side, side_env, root in sides:  # interleaved: the sides share the machine's state
+                r = run_once(name, side, side_env, args.timeout, root)
                 runs[label].append(r)
                 print(f"{name:18s} {label:13s} rep {rep}: wall {r['wall_s']:.2f} s, first run {r['first_run_s']:.2f} s, "
                       f"second run {r['second_run_s']:.2f} s", flush=True)
@@ -204,6 +210,10 @@ def main(argv=None):
         results["scenarios"][name] = {"runs": runs, "median": med,
                                       "jaxpto_over_ase_one_run_script": med["jaxpto"]["one_run_script_s"]
                                       / med["ase"]["one_run_script_s"]}
+        if args.before:
+            results["scenarios"][name]["before_over_ase_one_run_script"] = (
+                med["jaxpto-before"]["one_run_script_s"] / med["ase"]["one_run_script_s"])
+    results["load_average_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(json.dumps({n: s["median"] | {"ratio": s["jaxpto_over_ase_one_run_script"]}

@@ -457,8 +457,12 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
     if bin_capacity is not None and grid is not None:
         bc = int(bin_capacity)
     R, n = positions.shape[0], positions.shape[1]
+    host_count = None if capacity is not None else _host_max_count(pos_np, cell_np, pbc, rmax)
     if capacity is not None:
         cap = int(capacity)
+    elif host_count is not None:
+        # Counted on the host: the first compiled build already has its final shape.
+        cap = max(16 * int(math.ceil(host_count * capacity_factor / 16)), 16, 16 * int(math.ceil(min_capacity / 16)))
     else:
         # Estimate from the mean density (one compile when it is right): N/V * 4/3 pi rmax^3.
         vols = np.abs(np.linalg.det(cell_np)) if all(pbc) else np.array([0.0])
@@ -502,6 +506,33 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
 
 
 _jit_build = jax.jit(build)
+
+#: Above this many atoms (all replicas together) the host count of :func:`_host_max_count` is
+#: skipped for the density estimate (ASE's neighbour list holds every pair in memory).
+HOST_COUNT_MAX_ATOMS = 50_000
+
+
+def _host_max_count(positions: np.ndarray, cell: np.ndarray, pbc, rmax: float) -> int | None:
+    """The largest number of neighbours within ``rmax`` (A) of any atom, counted on the host with
+    ASE's neighbour list; None where it does not apply (too many atoms, a cell ASE refuses).
+
+    Why: the capacity is a static shape, and the density estimate misses the count of a crystal's
+    shells by tens of per cent, so allocation used to compile the build twice (seconds at
+    start-up). The compiled build still checks the count (:func:`allocate`)."""
+    R, n = positions.shape[0], positions.shape[1]
+    if R * n > HOST_COUNT_MAX_ATOMS or n == 0:
+        return None
+    from ase.neighborlist import primitive_neighbor_list
+
+    best = 0
+    try:
+        for p, c in zip(positions, cell):
+            i = primitive_neighbor_list("i", pbc, c, p, rmax, self_interaction=False)
+            if len(i):
+                best = max(best, int(np.bincount(i, minlength=n).max()))
+    except Exception:  # e.g. a non-periodic system with a zero cell: the estimate decides
+        return None
+    return best
 
 
 def reallocate(nbrs: NeighborList, positions, cell, capacity_factor: float = 1.3, *,

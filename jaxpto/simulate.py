@@ -39,7 +39,7 @@ import numpy as np
 from jaxpto import neighbors as nl
 from jaxpto.integrators.base import Integrator, target_temperature_K
 from jaxpto.sharding import shard_state, state_mesh, to_host, tree_to_host
-from jaxpto.state import MDState, evaluate, hold_stopped, select_replicas, temperature_K
+from jaxpto.state import MDState, _evaluate_jit, hold_stopped, select_replicas, temperature_K
 
 BLOWUP_CELL_CHANGE = 0.5  # relative box-length change
 BLOWUP_TEMPERATURE_FACTOR = 5.0  # x max(target, BLOWUP_TEMPERATURE_FLOOR_K)
@@ -96,13 +96,18 @@ def _chunk_program(step, record_fn, record_every, max_records):
 
 def _overflowed(state: MDState) -> bool:
     """True if the neighbour list overflowed for a replica that is running and finite."""
-    nbrs = state.neighbors
-    if nbrs is None:
+    if state.neighbors is None:
         return False
-    bad = nbrs.did_overflow & jnp.all(jnp.isfinite(state.positions), axis=(1, 2))
-    if state.active is not None:
-        bad = bad & state.active
-    return bool(jnp.any(bad))
+    return bool(_overflow_flag(state.neighbors.did_overflow, state.positions, state.active))
+
+
+@jax.jit
+def _overflow_flag(did_overflow, positions, active):
+    # One compiled call: eager jnp here compiled three programs at every start-up.
+    bad = did_overflow & jnp.all(jnp.isfinite(positions), axis=(1, 2))
+    if active is not None:
+        bad = bad & active
+    return jnp.any(bad)
 
 
 def run_chunk(integrator: Integrator, state: MDState, n_steps: int, record_fn=None, record_every: int = 1, *,
@@ -151,7 +156,9 @@ def refresh_forces(state: MDState, force_fn) -> MDState:
     return new
 
 
-_evaluate = jax.jit(evaluate, static_argnums=1)
+# The same compiled function as :func:`jaxpto.state.create_state`'s, so a refresh after the first
+# configuration (an observer moved the atoms) reuses that program instead of compiling its own.
+_evaluate = _evaluate_jit
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,3 +162,24 @@ def test_neighbour_order_is_candidate_order():
         assert np.all(real[: real.sum()])  # padding only at the end
         assert np.all(sh[i][~real] == 0)
         assert len(set(zip(row[real].tolist(), map(tuple, np.rint(sh[i][real]).astype(int).tolist())))) == real.sum()
+
+
+@pytest.mark.parametrize("make,rmax", [
+    (lambda: bulk("Cu", "fcc", a=3.6).repeat((5, 5, 4)), 6.2),  # crystal shells: the density estimate missed
+    (lambda: random_triclinic(3, seed=4), 5.5),
+    (lambda: bulk("Cu", "fcc", a=3.6), 6.0),  # one atom: its own periodic images are its neighbours
+])
+def test_allocation_counts_on_the_host_and_builds_once(make, rmax, monkeypatch):
+    """The capacity comes from a host count (ASE's neighbour list), which equals the compiled
+    build's own count, so allocation compiles the build once (it compiled twice for a 100-atom Cu
+    crystal: the density estimate was 160 for a needed 176)."""
+    atoms = make()
+    pos, cell = atoms.positions[None], atoms.cell.array[None]
+    host = nl._host_max_count(pos, cell, (True, True, True), rmax)
+    calls = []
+    real = nl._jit_build
+    monkeypatch.setattr(nl, "_jit_build", lambda *a: calls.append(1) or real(*a))
+    nbrs = nl.allocate(pos, cell, rmax - 1.0, skin=1.0)
+    assert host == int(np.max(np.asarray(nbrs.max_count)))
+    assert len(calls) == 1
+    assert pair_set(nbrs) == ase_set(atoms, rmax)
