@@ -90,6 +90,11 @@ def _twin_parameters(calc) -> tuple[str, dict] | None:
                      "rcut2": float(p.get("rcut2", 2.7))}
 
 
+#: The twin's options for the results its ASE calculator stores beyond energy/forces/stress
+#: (ASE's EMT: per-atom ``energies``).
+_TWIN_EXTRAS = {"emt": {"energies": True}}
+
+
 def _twin_identity(calc, params: dict) -> Hashable:
     return type(calc), tuple(sorted(params.items()))
 
@@ -101,7 +106,8 @@ def _twin(calc) -> ResolvedModel | None:
     from jaxpto import potentials
 
     potential, params = found
-    model = getattr(potentials, potential)(**params)
+    # What else ASE's calculator reports every call, computed by the twin in the same pass.
+    model = getattr(potentials, potential)(**params, **_TWIN_EXTRAS.get(potential, {}))
     return ResolvedModel(model, "twin", _twin_identity(calc, params),
                          f"JAX {potential}({params}) for ASE's {type(calc).__name__}")
 
