@@ -91,8 +91,9 @@ def _twin_parameters(calc) -> tuple[str, dict] | None:
 
 
 #: The twin's options for the results its ASE calculator stores beyond energy/forces/stress
-#: (ASE's EMT: per-atom ``energies``).
-_TWIN_EXTRAS = {"emt": {"energies": True}}
+#: (ASE's EMT and MorsePotential: per-atom ``energies``; LennardJones also per-atom ``stresses``).
+_TWIN_EXTRAS = {"emt": {"energies": True}, "lennard_jones": {"extras": ("energies", "stresses")},
+                "morse": {"extras": ("energies",)}}
 
 
 def _twin_identity(calc, params: dict) -> Hashable:

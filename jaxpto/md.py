@@ -760,6 +760,8 @@ class _JaxDynamics(IOContext):
             results["stress"] = full_3x3_to_voigt_6_stress(stress)
         tensors = {"stress": stress}
         for key, value in (extras or {}).items():
+            if template is not None and key not in template:
+                continue  # the calculator does not report it here (e.g. LJ's stresses without a 3D cell)
             value = np.array(value, dtype=np.result_type(value.dtype, np.float64))
             if value.shape[-2:] == (3, 3):  # ASE's default for a 3x3 tensor: Voigt, as the stress
                 tensors[key] = value
