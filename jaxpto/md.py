@@ -35,8 +35,12 @@ Calculator results: after each chunk the user's calculator stays ``atoms.calc``;
 cache is filled with the simulated energy, forces and stress of the written configuration
 (``calc.atoms``/``calc.results``, exactly what ASE's calculators do after a calculation), so
 ``atoms.get_potential_energy()``/``get_forces()``/``get_stress()``, ``MDLogger`` and
-``Trajectory.write`` see the simulated values without recomputation. Properties that were
-not simulated (e.g. EMT's ``energies``) are recomputed by the calculator on request. If the
+``Trajectory.write`` see the simulated values without recomputation. What else the calculator
+reports and the model computes in the same call (``Model.extras``: EMT's and LJ's per-atom
+``energies``, CHGNet's ``magmoms`` and ``crystal_fea``, ...) is written too, under the same keys
+and with the dtypes and shapes the calculator itself stores (so trajectory frames carry them as
+under ASE). Properties the model does not compute are named in a warning at the first run and
+recomputed by the calculator on request. If the
 same calculator object is shared by several Atoms of a replica list, only the last one keeps
 the cache (the others recompute on request; still correct). A replica whose coordinates
 became non-finite reports NaN energy, forces and stress: its ``atoms.calc`` becomes a
