@@ -115,8 +115,8 @@ def pair_model(pair_energy: Callable[[jax.Array], jax.Array], cutoff: float, nam
                             jnp.stack([xz, yz, (wz * dz).sum()])])
         volume = jnp.abs(jnp.linalg.det(cell))
         # Non-periodic systems may have no cell: report zero stress rather than inf/NaN.
-        inv_volume = jnp.where(volume > 0, 1.0 / jnp.where(volume > 0, volume, 1.0), 0.0)
-        stress = virial * inv_volume
+        safe = jnp.where(volume > 0, volume, 1.0)
+        stress = jnp.where(volume > 0, virial / safe, 0.0)
         more = {}
         if "energies" in extras:
             more["energies"] = 0.5 * jnp.sum(u, axis=1)
@@ -124,7 +124,8 @@ def pair_model(pair_energy: Callable[[jax.Array], jax.Array], cutoff: float, nam
             sxy, sxz, syz = (wx * dy).sum(1), (wx * dz).sum(1), (wy * dz).sum(1)
             more["stresses"] = jnp.stack([jnp.stack([(wx * dx).sum(1), sxy, sxz], -1),
                                           jnp.stack([sxy, (wy * dy).sum(1), syz], -1),
-                                          jnp.stack([sxz, syz, (wz * dz).sum(1)], -1)], -2) * inv_volume
+                                          jnp.stack([sxz, syz, (wz * dz).sum(1)], -1)], -2)
+            more["stresses"] = jnp.where(volume > 0, more["stresses"] / safe, 0.0)
         return energy, forces, stress, more
 
     def compute(positions, cell, numbers, neighbors):
