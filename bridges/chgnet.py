@@ -39,7 +39,7 @@ from bridges.graph import batched_edges, edge_pairs, edge_vectors, node_replica
 from bridges.registry import family_names
 from bridges.torch_bridge import resolve_device, torch_float_dtype
 
-__all__ = ["MODEL_NAMES", "CHGNetEFS", "ChgnetGraph", "build_graph", "load", "efs_from_calculator",
+__all__ = ["MODEL_NAMES", "EXTRAS", "CHGNetEFS", "ChgnetGraph", "build_graph", "load", "efs_from_calculator",
            "model_identity", "ase_calculator"]
 
 MODEL_NAMES = family_names("chgnet")  # jaxpto name -> CHGNet.load(model_name=...)
@@ -145,10 +145,23 @@ def build_graph(positions, cell, edge_src, edge_dst, edge_shift, edge_mask, *, b
                        directed2undirected=d2u, undirected2directed=u2d, bond_graph=bond_graph)
 
 
-class CHGNetEFS:
-    """Energy, forces and stress of a pretrained CHGNet for batched replicas (torch EFS object)."""
+#: CHGNet's results beyond energy/forces/stress, as ``CHGNetCalculator`` names them in ``results``,
+#: with their layout for the bridge (``bridges.torch_bridge``): per atom or per structure, shape.
+EXTRAS = {
+    "magmoms": "atom",  # |site_wise(atom features)| after the second-last convolution, Bohr magnetons
+    "energies": "atom",  # site energies incl. the AtomRef shift (CHGNetCalculator(return_site_energies=True))
+    "crystal_fea": "structure",  # the pooled crystal feature vector
+}
 
-    def __init__(self, model, *, name: str, device, dtype: torch.dtype = torch.float32):
+
+class CHGNetEFS:
+    """Energy, forces and stress of a pretrained CHGNet for batched replicas (torch EFS object).
+
+    ``extras``: names among :data:`EXTRAS` computed in the same forward call (their heads are one
+    linear layer or a pooling on features the energy needs anyway); ``()`` by default.
+    """
+
+    def __init__(self, model, *, name: str, device, dtype: torch.dtype = torch.float32, extras=()):
         from chgnet.model.composition_model import AtomRef
 
         self.model = model.to(device=device, dtype=dtype).eval()
@@ -162,6 +175,14 @@ class CHGNetEFS:
         self.cutoff = self.atom_graph_cutoff
         n_elem = int(self.model.atom_embedding.embedding.num_embeddings)
         self.elements = frozenset(range(1, n_elem + 1))
+        unknown = sorted(set(extras) - set(EXTRAS))
+        if unknown:
+            raise ValueError(f"CHGNet has no extra result {unknown}; it can give {sorted(EXTRAS)}")
+        if "energies" in extras and not self.model.mlp_first:
+            raise ValueError("this CHGNet pools before its readout (mlp_first=False): it has no site energies; "
+                             "drop 'energies' from extras")
+        feature = int(self.model.atom_embedding.embedding.embedding_dim)
+        self.extras = {k: (EXTRAS[k], () if EXTRAS[k] == "atom" else (feature,)) for k in EXTRAS if k in extras}
         comp = self.model.composition_model
         if comp is None:
             self._atom_ref = None
@@ -225,18 +246,33 @@ class CHGNetEFS:
             pos_s = torch.bmm(pos, deform).reshape(R * N, 3)
             lat_s = torch.bmm(cell.detach().to(dt), deform)
             batched = self._batched_graph(g, numbers, pos_s, lat_s, strain, edge_shift, volumes)
-            energy = self.model._compute(batched, compute_force=False, compute_stress=False)["e"]
+            prediction = self.model._compute(batched, compute_force=False, compute_stress=False,
+                                             compute_magmom="magmoms" in self.extras,
+                                             return_site_energies="energies" in self.extras,
+                                             return_crystal_feas="crystal_fea" in self.extras)
+            energy = prediction["e"]
             if self.model.is_intensive:  # [R], per atom
                 energy = energy * N
             dE_dr, dE_deps = torch.autograd.grad(energy.sum(), [pos, strain])
         energy = energy.detach()
-        if self._atom_ref is not None:
-            energy = energy + self._atom_ref[numbers - 1].sum()
+        atom_ref = None if self._atom_ref is None else self._atom_ref[numbers - 1]
+        if atom_ref is not None:
+            energy = energy + atom_ref.sum()
         stress = 0.5 * (dE_deps + dE_deps.transpose(1, 2)) / volumes[:, None, None]
-        return energy, -dE_dr, stress
+        if not self.extras:
+            return energy, -dE_dr, stress
+        extras = {}
+        if "magmoms" in self.extras:
+            extras["magmoms"] = torch.cat(prediction["m"]).detach().reshape(R, N)
+        if "energies" in self.extras:  # CHGNet.forward adds the AtomRef shift per site
+            site = torch.cat(prediction["site_energies"]).detach().reshape(R, N)
+            extras["energies"] = site if atom_ref is None else site + atom_ref
+        if "crystal_fea" in self.extras:
+            extras["crystal_fea"] = prediction["crystal_fea"].detach().reshape(R, -1)
+        return energy, -dE_dr, stress, extras
 
 
-def load(name, device=None, dtype=None) -> CHGNetEFS:
+def load(name, device=None, dtype=None, extras=()) -> CHGNetEFS:
     """Load a pretrained CHGNet as a torch EFS object.
 
     ``name``: ``"chgnet-0.3.0"``, ``"chgnet-0.2.0"`` or ``"chgnet-r2scan"`` (case insensitive;
@@ -244,10 +280,12 @@ def load(name, device=None, dtype=None) -> CHGNetEFS:
     file (``CHGNet.from_file``). ``device``: a torch device (default: the model follows JAX's
     platform, :func:`bridges.torch_bridge.resolve_device`). ``dtype``: ``float32`` (default,
     CHGNet's training precision) or ``float64`` (torch dtype, numpy/JAX dtype or name).
+    ``extras``: names among :data:`EXTRAS` (``"magmoms"``, ``"energies"``, ``"crystal_fea"``) to
+    compute in the same call (``Model.extras``); none by default.
     """
     torch_dtype = torch_float_dtype(dtype, "CHGNet", default=torch.float32)
     model, label = _load_network(name)
-    return CHGNetEFS(model, name=label, device=resolve_device(device), dtype=torch_dtype)
+    return CHGNetEFS(model, name=label, device=resolve_device(device), dtype=torch_dtype, extras=extras)
 
 
 def _load_network(name):
@@ -288,13 +326,18 @@ def efs_from_calculator(calc) -> CHGNetEFS | None:
     own results are unaffected.) Only that exact class. The EFS returns the stress in eV/A^3
     whatever the calculator's ``stress_weight``: a calculator with a non-default weight reports
     other numbers, which the caller's first-configuration check catches.
+
+    Extras as the calculator reports them (``CHGNetCalculator.calculate`` always runs task "efsm"
+    with crystal features): ``magmoms`` and ``crystal_fea``, plus ``energies`` when the calculator
+    has ``return_site_energies``.
     """
     if not _is_own_calculator(calc):
         return None
     model = calc.model
     version = getattr(model, "version", None)
     name = f"CHGNetCalculator.model[{version}]" if version else "CHGNetCalculator.model"
-    return CHGNetEFS(model, name=name, device=calc.device, dtype=next(model.parameters()).dtype)
+    extras = ("magmoms", "crystal_fea") + (("energies",) if getattr(calc, "return_site_energies", False) else ())
+    return CHGNetEFS(model, name=name, device=calc.device, dtype=next(model.parameters()).dtype, extras=extras)
 
 
 def model_identity(calc):

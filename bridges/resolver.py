@@ -90,6 +90,12 @@ def _twin_parameters(calc) -> tuple[str, dict] | None:
                      "rcut2": float(p.get("rcut2", 2.7))}
 
 
+#: The twin's options for the results its ASE calculator stores beyond energy/forces/stress
+#: (ASE's EMT and MorsePotential: per-atom ``energies``; LennardJones also per-atom ``stresses``).
+_TWIN_EXTRAS = {"emt": {"energies": True}, "lennard_jones": {"extras": ("energies", "stresses")},
+                "morse": {"extras": ("energies",)}}
+
+
 def _twin_identity(calc, params: dict) -> Hashable:
     return type(calc), tuple(sorted(params.items()))
 
@@ -101,7 +107,8 @@ def _twin(calc) -> ResolvedModel | None:
     from jaxpto import potentials
 
     potential, params = found
-    model = getattr(potentials, potential)(**params)
+    # What else ASE's calculator reports every call, computed by the twin in the same pass.
+    model = getattr(potentials, potential)(**params, **_TWIN_EXTRAS.get(potential, {}))
     return ResolvedModel(model, "twin", _twin_identity(calc, params),
                          f"JAX {potential}({params}) for ASE's {type(calc).__name__}")
 

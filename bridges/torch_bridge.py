@@ -10,6 +10,10 @@ edge_dst [R,E] int64, edge_shift [R,E,3], edge_mask [R,E] bool) -> (energy [R], 
 stress [R,3,3])``
 
 with torch tensors in and out (eV, eV/A, eV/A^3 with ASE's sign, positive in tension).
+Optional: an attribute ``extras``, ``{ASE property name: ("atom" | "structure", trailing shape)}``
+(e.g. CHGNet's ``{"magmoms": ("atom", ())}``), for results the model computes in the same call;
+``efs`` then returns a fourth item, ``{name: tensor [R, N, *shape] or [R, *shape]}``, which the
+bridge passes on as the model's extras (:attr:`jaxpto.model.Model.extras`).
 ``edge_shift`` has the float dtype of ``positions`` and integer values (image offsets ``S``);
 ``edge_src`` is the centre ``i`` and ``edge_dst`` the neighbour ``j`` of a directed edge with
 vector ``d = positions[r, dst] - positions[r, src] + edge_shift[r] @ cell[r]``. Edge indices are
@@ -175,6 +179,7 @@ class TorchBridge:
 
             gpu_memory.share_gpu_with_torch(self.device)  # effective only before JAX's GPU client starts
         self.dtype = torch_float_dtype(dtype, "the torch bridge")
+        self.extras = _extras_spec(torch_efs)
         self.n_calls = 0
         self.torch_seconds = 0.0
         self.trace: list | None = None
@@ -210,12 +215,21 @@ class TorchBridge:
             record["prepared"] = [(t.data_ptr(), str(t.device), str(t.dtype).removeprefix("torch."))
                                   for t in prepared]
         with torch.enable_grad():
-            energy, forces, stress = self.efs(*prepared)
+            out = self.efs(*prepared)
+        energy, forces, stress = out[:3]
+        more = []
+        if self.extras:
+            got = out[3] if len(out) > 3 else {}
+            missing = sorted(set(self.extras) - set(got))
+            if missing:
+                raise RuntimeError(f"torch model {self.efs.name!r} declares extras {sorted(self.extras)} but "
+                                   f"returned no {missing}")
+            more = [got[k].detach() for k in self.extras]
         if self.n_calls == 0 and energy.device.type == "cpu":
             _warn_if_allocator_untuned()
         self.n_calls += 1
         self.torch_seconds += time.perf_counter() - t0
-        return energy.detach(), forces.detach(), stress.detach()
+        return (energy.detach(), forces.detach(), stress.detach(), *more)
 
     def _buffer_host(self, ctx, outs, *bufs):
         torch = _torch()
@@ -246,17 +260,14 @@ class TorchBridge:
             if gpu:  # torch's current stream inside the callback next to XLA's
                 record["stream"] = {"xla": xla_stream, "torch": int(torch.cuda.current_stream().cuda_stream)}
             self.trace.append(record)
-        energy, forces, stress = self._evaluate(tensors, record)
-        out_t[0].copy_(energy.reshape(out_t[0].shape))
-        out_t[1].copy_(forces.reshape(out_t[1].shape))
-        out_t[2].copy_(stress.reshape(out_t[2].shape))
+        for o, x in zip(out_t, self._evaluate(tensors, record)):
+            o.copy_(x.reshape(o.shape))
 
     def _pure_host(self, *arrays):
         torch = _torch()
         out_dtype = np.asarray(arrays[0]).dtype
         tensors = [torch.from_numpy(np.array(a)) for a in arrays]
-        energy, forces, stress = self._evaluate(tensors)
-        return tuple(np.asarray(x.cpu().numpy(), dtype=out_dtype) for x in (energy, forces, stress))
+        return tuple(np.asarray(x.cpu().numpy(), dtype=out_dtype) for x in self._evaluate(tensors))
 
     # ------------------------------------------------------------------ JAX side
     def _torch_lacks_gpu(self) -> bool:
@@ -276,7 +287,9 @@ class TorchBridge:
         src, dst, shift, mask = edges_from_neighbors(positions, cell, neighbors, self.cutoff)
         numbers = jnp.asarray(numbers).astype(jnp.int32)
         shapes = (jax.ShapeDtypeStruct((R,), dt), jax.ShapeDtypeStruct((R, N, 3), dt),
-                  jax.ShapeDtypeStruct((R, 3, 3), dt))
+                  jax.ShapeDtypeStruct((R, 3, 3), dt)) + tuple(
+                      jax.ShapeDtypeStruct((R, N, *shape) if per == "atom" else (R, *shape), dt)
+                      for per, shape in self.extras.values())
         args = (positions, cell.astype(dt), numbers, src, dst, shift, mask)
         mode = self.mode
         if mode == "buffer_callback" and jax.default_backend() != "cpu" and self._torch_lacks_gpu():
@@ -285,8 +298,19 @@ class TorchBridge:
             fn = _buffer_callback(self._buffer_host, shapes, vmap_method="sequential")
         else:
             fn = lambda *a: jax.pure_callback(self._pure_host, shapes, *a, vmap_method="sequential")  # noqa: E731
-        energy, forces, stress = fn(*args)
-        return ModelOutput(energy=energy, forces=forces, stress=stress)
+        energy, forces, stress, *more = fn(*args)
+        return ModelOutput(energy=energy, forces=forces, stress=stress, extras=dict(zip(self.extras, more)))
+
+
+def _extras_spec(torch_efs) -> dict:
+    """The torch EFS's ``extras`` as ``{name: ("atom" | "structure", shape tuple)}``, checked."""
+    spec = {}
+    for name, (per, shape) in dict(getattr(torch_efs, "extras", None) or {}).items():
+        if per not in ("atom", "structure"):
+            raise ValueError(f"torch model {getattr(torch_efs, 'name', '?')!r}: extra {name!r} is per {per!r}; "
+                             "give 'atom' ([R, N, ...]) or 'structure' ([R, ...])")
+        spec[str(name)] = (per, tuple(int(n) for n in shape))
+    return spec
 
 
 def as_jax_model(torch_efs: Any, *, device=None, dtype=None) -> Model:
@@ -314,4 +338,5 @@ def as_jax_model(torch_efs: Any, *, device=None, dtype=None) -> Model:
         cutoff=float(torch_efs.cutoff),
         elements=None if elements is None else frozenset(int(z) for z in elements),
         name=str(getattr(torch_efs, "name", "torch-model")),
+        extras=tuple(bridge.extras),
     )

@@ -34,7 +34,8 @@ _update = jax.jit(nl.update)
 
 
 class JaxptoCalculator(Calculator):
-    """ASE calculator evaluating a jaxpto model (energy, free_energy, forces, stress).
+    """ASE calculator evaluating a jaxpto model (energy, free_energy, forces, stress, and the
+    model's extras such as per-atom ``energies``, :attr:`Model.extras <jaxpto.model.Model.extras>`).
 
     Parameters
     ----------
@@ -56,6 +57,9 @@ class JaxptoCalculator(Calculator):
         self.skin = skin
         self._nbrs = None
         self._compute = jax.jit(model.compute)
+        # The model's extras (e.g. per-atom "energies") are results too, as its calculator reports them.
+        self.implemented_properties = list(type(self).implemented_properties) + [
+            k for k in model.extras if k not in type(self).implemented_properties]
 
     def _evaluate(self, positions, cell, numbers, pbc):
         dtype = self.dtype or default_dtype()
@@ -90,6 +94,9 @@ class JaxptoCalculator(Calculator):
         self.results["forces"] = np.asarray(out.forces[0], dtype=float)
         if atoms.cell.rank == 3 and all(atoms.pbc):
             self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out.stress[0], dtype=float))
+        for name, value in out.extras.items():
+            value = np.asarray(value[0], dtype=float)
+            self.results[name] = value if value.shape else float(value)
 
     # ------------------------------------------------------------------ batches
     def calculate_batch(self, images, properties=("energy", "forces", "stress"),
@@ -161,15 +168,18 @@ class JaxptoCalculator(Calculator):
             energy = np.asarray(out.energy, dtype=float)
             forces = np.asarray(out.forces, dtype=float)
             stress = np.asarray(out.stress, dtype=float)
+            extras = {k: np.asarray(v, dtype=float) for k, v in out.extras.items()}
             for r in range(len(chunk)):
                 res = {"energy": float(energy[r]), "free_energy": float(energy[r]), "forces": forces[r].copy()}
                 if periodic3d:
                     res["stress"] = full_3x3_to_voigt_6_stress(stress[r])
+                for k, v in extras.items():
+                    res[k] = v[r].copy() if v[r].shape else float(v[r])
                 results.append({p: res[p] for p in properties if p in res})
         return results
 
 
-def ase_callback_model(calculators, template, need_stress: bool) -> Model:
+def ase_callback_model(calculators, template, need_stress: bool, extras: dict | None = None) -> Model:
     """A :class:`Model` evaluating ASE calculators on the host through ``jax.pure_callback``.
 
     ``calculators``: one ASE calculator per replica (replica ``r`` is evaluated by
@@ -177,11 +187,14 @@ def ase_callback_model(calculators, template, need_stress: bool) -> Model:
     calculator for all. ``template``: an ``Atoms`` with the system's species and ``pbc``.
     Stress is taken for 3D-periodic systems; a calculator without stress gives zeros unless
     ``need_stress`` (NPT), which then raises ASE's ``PropertyNotImplementedError``.
-    Units: ASE's.
+    ``extras``: ``{name: shape}`` of other results the calculators store in ``calc.results`` at
+    every evaluation (e.g. ``{"energies": (N,)}``), returned as the model's extras ``[R, *shape]``
+    (see :class:`~jaxpto.model.Model`). Units: ASE's.
     """
     pbc3 = bool(np.all(template.pbc))
     calcs = list(calculators) if isinstance(calculators, (list, tuple)) else None
     single = None if calcs is not None else calculators
+    extras = {str(k): tuple(int(n) for n in shape) for k, shape in (extras or {}).items()}
 
     def host(positions, cell):
         positions = np.asarray(positions)
@@ -192,11 +205,14 @@ def ase_callback_model(calculators, template, need_stress: bool) -> Model:
         energy = np.zeros(R, positions.dtype)
         forces = np.zeros((R, N, 3), positions.dtype)
         stress = np.zeros((R, 3, 3), positions.dtype)
+        more = {k: np.zeros((R,) + shape, positions.dtype) for k, shape in extras.items()}
         for r in range(R):
             if not (np.all(np.isfinite(positions[r])) and np.all(np.isfinite(cell[r]))):
                 # A replica that blew up: ASE calculators fail on NaN coordinates (or return
                 # meaningless numbers); NaN results keep the batch going and the driver reports it.
                 energy[r], forces[r], stress[r] = np.nan, np.nan, np.nan
+                for v in more.values():
+                    v[r] = np.nan
                 continue
             a = template.copy()
             a.set_cell(cell[r].astype(float))
@@ -210,15 +226,24 @@ def ase_callback_model(calculators, template, need_stress: bool) -> Model:
                 except PropertyNotImplementedError:
                     if need_stress:
                         raise
-        return energy, forces, stress
+            for name, value in more.items():
+                got = a.calc.results.get(name)
+                if got is None or np.shape(got) != value.shape[1:]:
+                    raise RuntimeError(
+                        f"{type(a.calc).__name__} gave {name!r} with shape {np.shape(got) if got is not None else None} "
+                        f"at this step, {value.shape[1:]} on the first configuration; jaxpto carries a result "
+                        "of fixed shape only")
+                value[r] = got
+        return (energy, forces, stress, *more.values())
 
     def compute(positions, cell, numbers, neighbors):
         R, N = positions.shape[:2]
         dt = positions.dtype
         shapes = (jax.ShapeDtypeStruct((R,), dt), jax.ShapeDtypeStruct((R, N, 3), dt),
-                  jax.ShapeDtypeStruct((R, 3, 3), dt))
-        e, f, s = jax.pure_callback(host, shapes, positions, cell, vmap_method="sequential")
-        return ModelOutput(energy=e, forces=f, stress=s)
+                  jax.ShapeDtypeStruct((R, 3, 3), dt)) + tuple(
+                      jax.ShapeDtypeStruct((R,) + shape, dt) for shape in extras.values())
+        e, f, s, *more = jax.pure_callback(host, shapes, positions, cell, vmap_method="sequential")
+        return ModelOutput(energy=e, forces=f, stress=s, extras=dict(zip(extras, more)))
 
     first = single if calcs is None else calcs[0]
-    return Model(compute=compute, cutoff=0.0, name=f"ase-callback:{type(first).__name__}")
+    return Model(compute=compute, cutoff=0.0, name=f"ase-callback:{type(first).__name__}", extras=tuple(extras))

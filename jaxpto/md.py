@@ -35,8 +35,12 @@ Calculator results: after each chunk the user's calculator stays ``atoms.calc``;
 cache is filled with the simulated energy, forces and stress of the written configuration
 (``calc.atoms``/``calc.results``, exactly what ASE's calculators do after a calculation), so
 ``atoms.get_potential_energy()``/``get_forces()``/``get_stress()``, ``MDLogger`` and
-``Trajectory.write`` see the simulated values without recomputation. Properties that were
-not simulated (e.g. EMT's ``energies``) are recomputed by the calculator on request. If the
+``Trajectory.write`` see the simulated values without recomputation. What else the calculator
+reports and the model computes in the same call (``Model.extras``: EMT's and LJ's per-atom
+``energies``, CHGNet's ``magmoms`` and ``crystal_fea``, ...) is written too, under the same keys
+and with the dtypes and shapes the calculator itself stores (so trajectory frames carry them as
+under ASE). Properties the model does not compute are named in a warning at the first run and
+recomputed by the calculator on request. If the
 same calculator object is shared by several Atoms of a replica list, only the last one keeps
 the cache (the others recompute on request; still correct). A replica whose coordinates
 became non-finite reports NaN energy, forces and stress: its ``atoms.calc`` becomes a
@@ -226,13 +230,35 @@ def _bridge_disagreement(dyn, state):
 
 
 def _results_template(calc) -> dict:
-    """``{name: (dtype, shape)}`` of the energy, free energy, forces and stress as ``calc`` itself stores
-    them in ``calc.results`` (e.g. CHGNet: float32 forces, a 3x3 stress; EMT: float64, a Voigt
-    6-vector), so that the simulated results written back (and hence trajectory frames) are what ASE
-    writes when it runs the calculator itself."""
+    """``{name: (dtype, shape)}`` of every numeric result as ``calc`` itself stores it in
+    ``calc.results`` (e.g. CHGNet: float32 forces, a 3x3 stress, float32 magmoms; EMT: float64, a
+    Voigt 6-vector), so that the simulated results written back (and hence trajectory frames) are
+    what ASE writes when it runs the calculator itself."""
     results = getattr(calc, "results", None) or {}
-    return {k: (np.asarray(results[k]).dtype, np.shape(results[k]))
-            for k in ("energy", "free_energy", "forces", "stress") if k in results}
+    template = {}
+    for key, value in results.items():
+        arr = _numeric(value)
+        if arr is not None:
+            template[key] = (arr.dtype, arr.shape)
+    return template
+
+
+def _numeric(value):
+    """``value`` as a numeric (bool/int/float) numpy array, or None for anything else."""
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - e.g. an object without an array form
+        return None
+    return arr if arr.dtype.kind in "biuf" else None
+
+
+def _unsimulated_results(dyn, model) -> list[str]:
+    """Results the calculator stores (``dyn._results_template``) that the model does not compute
+    (neither energy/forces/stress nor one of ``model.extras``), among those ASE's writers save."""
+    from ase.calculators.calculator import all_properties
+
+    given = {"energy", "free_energy", "forces", "stress", *getattr(model, "extras", ())}
+    return sorted(k for k in (dyn._results_template or {}) if k in all_properties and k not in given)
 
 
 # ---------------------------------------------------------------------------
@@ -607,10 +633,16 @@ class _JaxDynamics(IOContext):
                           "jax.pure_callback every step (correct but slower; use a JaxptoCalculator for speed)",
                           stacklevel=3)
             model = ase_callback_model([a.calc for a in self._atoms_list], self._atoms_list[0].copy(),
-                                       self._needs_stress)
+                                       self._needs_stress, extras=self._callback_extras())
         if state is None:
             state, force_fn = state_from_atoms(self._atoms_list, model, seed=self.seed, dtype=self.dtype)
         _check_start(state, self._atoms_list)
+        missing = _unsimulated_results(self, model)
+        if missing:
+            calc = self._atoms_list[0].calc
+            warnings.warn(f"jaxpto.md: {type(calc).__name__} also reports {missing}, which jaxpto's model of it "
+                          "does not compute: atoms.calc.results and trajectory frames lack them (the calculator "
+                          "recomputes them on request, e.g. atoms.calc.get_property(name, atoms))", stacklevel=3)
         self.force_kind = kind
         self._model_obj = model
         self._integrator_force_fn = force_fn
@@ -620,6 +652,29 @@ class _JaxDynamics(IOContext):
         # The blow-up rules compare with the box at the first run, and report a replica once per object.
         self._start_lengths = np.linalg.norm(np.asarray(state.cell, dtype=float), axis=-1)
         self._reported = set()
+
+    def _callback_extras(self) -> dict:
+        """``{name: shape per replica}`` of the results beyond energy/forces/stress that the calculator
+        stores on the first configuration (among ASE's properties: ``energies``, ``magmoms``,
+        ``charges``, ...), for the callback model to return every step; the calculator's dtypes and
+        shapes become the results template."""
+        from ase.calculators.calculator import PropertyNotImplementedError, all_properties
+
+        first = self._atoms_list[0]
+        a = first.copy()
+        a.calc = first.calc
+        try:
+            a.get_potential_energy()
+            a.get_forces()
+            if a.cell.rank == 3 and all(a.pbc):
+                a.get_stress()
+        except PropertyNotImplementedError:
+            pass
+        except Exception:  # noqa: BLE001 - a broken start: the callback model's own call reports it
+            return {}
+        self._results_template = _results_template(a.calc)
+        main = {"energy", "free_energy", "forces", "stress"}
+        return {k: shape for k, (_, shape) in self._results_template.items() if k in all_properties and k not in main}
 
     def _exchanging(self, integrator):
         """With ``swap_interval``: temperature replica exchange between the replicas (see
@@ -667,21 +722,26 @@ class _JaxDynamics(IOContext):
         energy = np.asarray(s.energy, dtype=float)
         forces = np.asarray(s.forces, dtype=float)
         stress = np.asarray(s.stress, dtype=float)
+        extras = {k: np.asarray(v) for k, v in s.extras.items()}
         finite = np.all(np.isfinite(pos), axis=(1, 2))
         written = []
         for r, a in enumerate(self._atoms_list):
             a.set_cell(cell[r], scale_atoms=False)
             a.set_positions(pos[r], apply_constraint=False)
             a.set_momenta(mom[r], apply_constraint=False)
-            self._set_results(a, energy[r], forces[r], stress[r], finite[r], self._results_template)
+            self._set_results(a, energy[r], forces[r], stress[r], finite[r], self._results_template,
+                              {k: v[r] for k, v in extras.items()})
             written.append((a.positions.copy(), a.get_momenta().copy(), a.cell.array.copy()))
         self._written = written
 
     @staticmethod
-    def _set_results(a, energy, forces, stress, finite, template=None):
+    def _set_results(a, energy, forces, stress, finite, template=None, extras=None):
         """The simulated results in ``a.calc``'s cache, with the dtypes and shapes of ``template``
         (:func:`_results_template`; the calculator's own on the first configuration), else ASE's
-        defaults (float64; stress as a Voigt 6-vector).
+        defaults (float64; stress as a Voigt 6-vector). ``extras``: the model's other results for
+        this replica (``MDState.extras``, e.g. ``energies``, ``magmoms``), stored under their names;
+        a 3x3 per-atom or per-structure tensor whose template is a Voigt 6-vector (``stresses``)
+        is stored as ASE's calculators store it.
 
         A replica whose coordinates are not finite gets a :class:`NonFiniteStateCalculator` holding
         NaN results (the model's numbers at NaN positions mean nothing, and ASE's own calculators
@@ -702,10 +762,19 @@ class _JaxDynamics(IOContext):
         results = {"energy": float(energy), "free_energy": float(energy), "forces": forces.copy()}
         if a.cell.rank == 3 and all(a.pbc):
             results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        tensors = {"stress": stress}
+        for key, value in (extras or {}).items():
+            if template is not None and key not in template:
+                continue  # the calculator does not report it here (e.g. LJ's stresses without a 3D cell)
+            value = np.array(value, dtype=np.result_type(value.dtype, np.float64))
+            if value.shape[-2:] == (3, 3):  # ASE's default for a 3x3 tensor: Voigt, as the stress
+                tensors[key] = value
+                value = full_3x3_to_voigt_6_stress(value)
+            results[key] = value if value.shape else float(value)
         for key, (dtype, shape) in (template or {}).items():
             if key not in results:
                 continue
-            value = np.asarray(stress if key == "stress" and shape == (3, 3) else results[key])
+            value = np.asarray(tensors[key] if key in tensors and shape[-2:] == (3, 3) else results[key])
             if value.shape != shape:  # a template that does not fit these results: ASE's defaults
                 continue
             results[key] = value.astype(dtype) if shape else dtype.type(value)

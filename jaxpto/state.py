@@ -8,7 +8,9 @@ eV/A, stress in eV/A^3 (ASE sign, potential part only).
 ``energy``, ``forces`` and ``stress`` always belong to the current
 ``positions``/``cell``: every integrator evaluates the model once per step,
 at the end of the step, and reuses that result at the start of the next one
-(exactly what ASE's calculator cache does).
+(exactly what ASE's calculator cache does). ``extras`` holds what else the model computed in
+that same call (``Model.extras``: e.g. per-atom ``"energies"``, CHGNet's ``"magmoms"``), each with
+the leading replica axis; it is empty (no leaves, no cost) for a model without extras.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class MDState:
     step: jax.Array  # [] int32, steps taken
     variables: Any = None  # the integrator's variables and per-replica parameters (e.g. LangevinVariables)
     active: Any = None  # [R] bool (None: all running): replicas stopped by the driver hold still
+    # The model's extra results at the current positions/cell ({name: [R, N, ...] or [R, ...]}).
+    extras: dict = struct.field(default_factory=dict)
 
     @property
     def n_replicas(self) -> int:
@@ -131,6 +135,7 @@ def evaluate(state: MDState, force_fn: ForceFn, positions=None, cell=None) -> MD
         energy=out.energy,
         forces=out.forces,
         stress=out.stress,
+        extras=dict(out.extras),
         neighbors=neighbors,
     )
 
@@ -212,7 +217,21 @@ def create_state(
         state = shard_state(state, mesh)
     force_fn = make_force_fn(model, tuple(int(z) for z in numbers), mesh)
     state = _evaluate_jit(state, force_fn)
+    _check_extras(model, state)
     return state, force_fn
+
+
+def _check_extras(model: Model, state: MDState) -> None:
+    """The model's extras are the ones it declares, each with the leading replica axis (else a clear error)."""
+    got = sorted(state.extras)
+    if got != sorted(model.extras):
+        raise ValueError(f"model {model.name!r} declares extras {sorted(model.extras)} (Model.extras) but its "
+                         f"compute returned {got}; make ModelOutput.extras and Model.extras name the same results")
+    R = state.n_replicas
+    for name, value in state.extras.items():
+        if getattr(value, "ndim", 0) < 1 or value.shape[0] != R:
+            raise ValueError(f"model {model.name!r}: extra {name!r} has shape {getattr(value, 'shape', None)}; "
+                             f"give it per replica, [R, N, ...] per atom or [R, ...] per structure (R = {R})")
 
 
 _evaluate_jit = jax.jit(evaluate, static_argnums=1)
@@ -226,8 +245,8 @@ def default_dtype():
 def _per_replica_fields(state: MDState) -> dict:
     """Every per-replica part of the state (leading axis ``R``): all but ``masses``, ``numbers``, ``step``."""
     return dict(positions=state.positions, momenta=state.momenta, cell=state.cell, energy=state.energy,
-                forces=state.forces, stress=state.stress, key=state.key, neighbors=state.neighbors,
-                variables=state.variables, active=state.active)
+                forces=state.forces, stress=state.stress, extras=state.extras, key=state.key,
+                neighbors=state.neighbors, variables=state.variables, active=state.active)
 
 
 def _map_replicas(fn, state: MDState, *others: MDState) -> MDState:

@@ -1,8 +1,8 @@
 """What jaxpto.md writes into ``atoms.calc.results`` (and so into trajectory frames) has the dtypes
 and shapes the calculator itself stores (issue #18): CHGNet keeps float32 forces and a 3x3 stress,
 EMT float64 forces and a Voigt 6-vector. Reference: ASE's own VelocityVerlet running the same
-calculator and writing the same trajectory. (Extra per-atom results such as CHGNet's magmoms are not
-written yet: the engine does not carry them.)
+calculator and writing the same trajectory. (Extra results such as EMT's per-atom energies and
+CHGNet's magmoms: tests/test_extra_results.py.)
 """
 
 import contextlib

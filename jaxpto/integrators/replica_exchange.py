@@ -101,13 +101,13 @@ def _pair_permutation(accept, order):
 
 
 def _move_configurations(state: MDState, perm, ratio) -> MDState:
-    """Positions, cell, energies and the neighbour list rows of slot ``perm[r]`` into slot ``r``, momenta
+    """Positions, cell, energies (and the model's extras) and the neighbour list rows of slot ``perm[r]`` into slot ``r``, momenta
     rescaled by ``sqrt(ratio)``."""
     s = jnp.sqrt(ratio)[:, None, None]
     nbrs = None if state.neighbors is None else jax.tree_util.tree_map(lambda x: x[perm], state.neighbors)
     return state.replace(positions=state.positions[perm], momenta=state.momenta[perm] * s, cell=state.cell[perm],
                          energy=state.energy[perm], forces=state.forces[perm], stress=state.stress[perm],
-                         neighbors=nbrs)
+                         extras=jax.tree_util.tree_map(lambda x: x[perm], state.extras), neighbors=nbrs)
 
 
 def _update_round_trips(v: ReplicaExchangeVariables, order):

@@ -86,7 +86,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from ase.units import Bohr
 
-from jaxpto.model import Model, energy_model, site_energy_model
+from jaxpto.model import Model, per_atom_energy_model, site_energy_model
 from jaxpto.neighbors import pair_vectors
 
 #: ASE's EMT parameter table (``ase.calculators.emt.parameters``), in its units:
@@ -169,7 +169,7 @@ def _as_numbers(elements) -> frozenset[int]:
     return frozenset(out)
 
 
-def emt(elements: Iterable[int | str] | None = None, asap_cutoff: bool = False) -> Model:
+def emt(elements: Iterable[int | str] | None = None, asap_cutoff: bool = False, energies: bool = False) -> Model:
     """EMT exactly as ``ase.calculators.emt.EMT(asap_cutoff=...)`` (see module docstring).
 
     Parameters
@@ -185,6 +185,11 @@ def emt(elements: Iterable[int | str] | None = None, asap_cutoff: bool = False) 
         parameter table, as in ASE. ``True``: it comes from the elements present
         in the evaluated system (computed inside the energy function), as in
         ASE; the neighbour-list cutoff is then the largest over ``elements``.
+    energies:
+        Also return the per-atom energies (the bracket of the module docstring, summing to
+        the energy) as the extra ``"energies"`` [R, N] (``Model.extras``), as ASE's EMT reports
+        them in ``calc.results["energies"]``; they come from the same pass as the forces.
+        ``False`` (default): energy, forces and stress only.
 
     Notes
     -----
@@ -267,6 +272,7 @@ def emt(elements: Iterable[int | str] | None = None, asap_cutoff: bool = False) 
     if asap_cutoff:
         # The cutoff depends on every element present: not a local site energy (a LAMMPS rank
         # would see only its own atoms), so no site_energies.
-        return energy_model(lambda *a: jnp.sum(atom_energies(*a)), cutoff=list_cutoff, elements=covered,
-                            name=name)
-    return site_energy_model(atom_energies, cutoff=list_cutoff, receptive_hops=1, elements=covered, name=name)
+        return per_atom_energy_model(atom_energies, cutoff=list_cutoff, elements=covered, name=name,
+                                     report_energies=bool(energies))
+    return site_energy_model(atom_energies, cutoff=list_cutoff, receptive_hops=1, elements=covered, name=name,
+                             report_energies=bool(energies))

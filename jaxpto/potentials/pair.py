@@ -76,15 +76,28 @@ from jaxpto.model import Model, ModelOutput
 from jaxpto.neighbors import pair_components
 
 
-def pair_model(pair_energy: Callable[[jax.Array], jax.Array], cutoff: float, name: str) -> Model:
-    """A batched :class:`Model` from an element-wise pair energy ``u(x)`` of ``x = r^2``.
+PAIR_EXTRAS = ("energies", "stresses")
+
+
+def pair_model(pair_energy: Callable[[jax.Array], jax.Array], cutoff: float, name: str,
+               extras: tuple[str, ...] = ()) -> Model:
+    r"""A batched :class:`Model` from an element-wise pair energy ``u(x)`` of ``x = r^2``.
 
     ``pair_energy`` maps squared distances (A^2, any shape) to pair energies (eV) element by
     element, exactly zero with zero derivative at and beyond the cutoff, finite everywhere
     for ``x > 0`` (padded slots get ``x = 1``). Forces and stress follow the module
     docstring's row sums; ``u'(x)`` is the forward-mode derivative with unit tangent, which
     is exact because the Jacobian of an element-wise function is diagonal.
+
+    ``extras`` (from the same pass, as ASE's ``LennardJones`` reports them): ``"energies"``,
+    :math:`e_i = \tfrac12 \sum_j u(r_{ij}^2)` [R, N], and ``"stresses"``, the per-atom virial
+    :math:`\sigma_i = V^{-1} \sum_j u'(r_{ij}^2)\, d_{ij} \otimes d_{ij}` [R, N, 3, 3] (each pair
+    split half and half between its atoms; :math:`\sum_i \sigma_i` is the stress).
     """
+    extras = tuple(extras)
+    unknown = sorted(set(extras) - set(PAIR_EXTRAS))
+    if unknown:
+        raise ValueError(f"pair potential {name!r} has no extra result {unknown}; it can give {list(PAIR_EXTRAS)}")
 
     def single(positions, cell, numbers, nbrs):
         # Component arrays [N,K] (see pair_components: ~4x faster on CPU than [N,K,3]).
@@ -102,12 +115,22 @@ def pair_model(pair_energy: Callable[[jax.Array], jax.Array], cutoff: float, nam
                             jnp.stack([xz, yz, (wz * dz).sum()])])
         volume = jnp.abs(jnp.linalg.det(cell))
         # Non-periodic systems may have no cell: report zero stress rather than inf/NaN.
-        stress = jnp.where(volume > 0, virial / jnp.where(volume > 0, volume, 1.0), 0.0)
-        return energy, forces, stress
+        safe = jnp.where(volume > 0, volume, 1.0)
+        stress = jnp.where(volume > 0, virial / safe, 0.0)
+        more = {}
+        if "energies" in extras:
+            more["energies"] = 0.5 * jnp.sum(u, axis=1)
+        if "stresses" in extras:
+            sxy, sxz, syz = (wx * dy).sum(1), (wx * dz).sum(1), (wy * dz).sum(1)
+            more["stresses"] = jnp.stack([jnp.stack([(wx * dx).sum(1), sxy, sxz], -1),
+                                          jnp.stack([sxy, (wy * dy).sum(1), syz], -1),
+                                          jnp.stack([sxz, syz, (wz * dz).sum(1)], -1)], -2)
+            more["stresses"] = jnp.where(volume > 0, more["stresses"] / safe, 0.0)
+        return energy, forces, stress, more
 
     def compute(positions, cell, numbers, neighbors):
-        energy, forces, stress = jax.vmap(single, in_axes=(0, 0, None, 0))(positions, cell, numbers, neighbors)
-        return ModelOutput(energy=energy, forces=forces, stress=stress)
+        energy, forces, stress, more = jax.vmap(single, in_axes=(0, 0, None, 0))(positions, cell, numbers, neighbors)
+        return ModelOutput(energy=energy, forces=forces, stress=stress, extras=more)
 
     def site(positions, cell, numbers, nbrs):
         # e_i = 1/2 sum_j u(r_ij) over atom i's row of the full list.
@@ -119,11 +142,11 @@ def pair_model(pair_energy: Callable[[jax.Array], jax.Array], cutoff: float, nam
         return jax.vmap(site, in_axes=(0, 0, None, 0))(positions, cell, numbers, neighbors)
 
     return Model(compute=compute, cutoff=float(cutoff), elements=None, name=name,
-                 site_energies=site_energies, receptive_hops=1)
+                 site_energies=site_energies, receptive_hops=1, extras=extras)
 
 
 def lennard_jones(sigma: float = 1.0, epsilon: float = 1.0, rc: float | None = None,
-                  ro: float | None = None, smooth: bool = False) -> Model:
+                  ro: float | None = None, smooth: bool = False, extras: tuple[str, ...] = ()) -> Model:
     """Lennard-Jones exactly as ``ase.calculators.lj.LennardJones`` (see module docstring).
 
     Parameters
@@ -167,11 +190,11 @@ def lennard_jones(sigma: float = 1.0, epsilon: float = 1.0, rc: float | None = N
 
     name = f"lennard-jones(sigma={sigma}, epsilon={epsilon}, rc={rc}" + (
         f", ro={ro}, smooth)" if smooth else ", shifted)")
-    return pair_model(pair_energy, cutoff=rc, name=name)
+    return pair_model(pair_energy, cutoff=rc, name=name, extras=extras)
 
 
 def morse(epsilon: float = 1.0, r0: float = 1.0, rho0: float = 6.0, rcut1: float = 1.9,
-          rcut2: float = 2.7) -> Model:
+          rcut2: float = 2.7, extras: tuple[str, ...] = ()) -> Model:
     """Morse potential exactly as ``ase.calculators.morse.MorsePotential`` (see module docstring).
 
     Parameters (ASE's names and defaults)
@@ -204,4 +227,4 @@ def morse(epsilon: float = 1.0, r0: float = 1.0, rho0: float = 6.0, rcut1: float
         return jnp.where(inside, u * fcut, 0.0)
 
     name = f"morse(epsilon={epsilon}, r0={r0}, rho0={rho0}, rcut1={rcut1}, rcut2={rcut2})"
-    return pair_model(pair_energy, cutoff=r_cut, name=name)
+    return pair_model(pair_energy, cutoff=r_cut, name=name, extras=extras)

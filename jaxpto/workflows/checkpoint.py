@@ -7,8 +7,8 @@ A checkpoint is ONE ``.npz`` file (numpy's zip of ``.npy`` arrays, read with
   ``version`` (:data:`VERSION`), the caller's metadata (protocol fingerprint, progress, ...)
   and ``state``, a description of the :class:`~jaxpto.state.MDState` pytree: for every flax
   dataclass node its class name, its static (non-pytree) fields as JSON (e.g. the neighbour
-  list's capacity and image range) and its children; every array leaf by member name, shape
-  and dtype;
+  list's capacity and image range) and its children; a dict (the model's extras) by its keys;
+  every array leaf by member name, shape and dtype;
 * ``state.<path>``: the state's arrays (``state.positions``, ``state.variables.zeta``,
   ``state.neighbors.idx``, ...), bit for bit;
 * the caller's other arrays under their own names (the sweeps: ``series.<observable>``);
@@ -115,12 +115,20 @@ def describe_state(node, name: str, arrays: dict):
             else:
                 children[f.name] = describe_state(value, f"{name}.{f.name}", arrays)
         return {"class": type(node).__name__, "fields": children, "static": static}
+    if isinstance(node, dict):  # e.g. the model's extras, {property name: array}
+        return {"dict": {str(k): describe_state(v, f"{name}.{k}", arrays) for k, v in node.items()}}
     if not hasattr(node, "shape"):
         raise TypeError(f"cannot store {name} (a {type(node).__name__}) in a checkpoint: arrays and "
                         "dataclasses only")
     arr = np.asarray(node)
     arrays[name] = arr
     return {"array": name, "shape": list(arr.shape), "dtype": arr.dtype.str}
+
+
+def _empty_default(field, value) -> bool:
+    """True for a field added with an empty default (``{}``) that is still empty: a checkpoint
+    written before the field existed describes the same state."""
+    return field.default_factory is not dataclasses.MISSING and isinstance(value, dict) and not value
 
 
 def rebuild_state(desc, template, name: str, arrays: dict, flexible: bool = False):
@@ -148,11 +156,19 @@ def rebuild_state(desc, template, name: str, arrays: dict, flexible: bool = Fals
                 static_differs |= kw[f.name] != getattr(template, f.name)
         for f in dataclasses.fields(template):
             if not _is_static(f):
+                if f.name not in desc["fields"] and _empty_default(f, getattr(template, f.name)):
+                    continue  # a field newer than the checkpoint, empty in this sweep too (MDState.extras)
                 if f.name not in desc["fields"]:
                     raise ValueError(f"{name}.{f.name} is missing in the checkpoint")
                 kw[f.name] = rebuild_state(desc["fields"][f.name], getattr(template, f.name), f"{name}.{f.name}",
                                            arrays, flexible or static_differs)
         return dataclasses.replace(template, **kw)
+    if isinstance(template, dict):
+        got = desc.get("dict") if isinstance(desc, dict) else None
+        if got is None or sorted(got) != sorted(map(str, template)):
+            raise ValueError(f"{name} holds {sorted(got) if got is not None else 'no mapping'} in the checkpoint, "
+                             f"{sorted(map(str, template))} in this sweep")
+        return {k: rebuild_state(got[str(k)], v, f"{name}.{k}", arrays, flexible) for k, v in template.items()}
     if not isinstance(desc, dict) or "array" not in desc or desc["array"] not in arrays:
         raise ValueError(f"{name} has no array in the checkpoint")
     arr = arrays[desc["array"]]
