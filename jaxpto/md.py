@@ -108,6 +108,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ase.utils import IOContext
 
 from jaxpto import simulate
+from jaxpto.model import MAIN_RESULTS
 from jaxpto.state import default_dtype
 
 __all__ = ["VelocityVerlet", "Langevin", "Bussi", "NoseHooverChainNVT", "NPT", "MelchionnaNPT",
@@ -257,7 +258,7 @@ def _unsimulated_results(dyn, model) -> list[str]:
     (neither energy/forces/stress nor one of ``model.extras``), among those ASE's writers save."""
     from ase.calculators.calculator import all_properties
 
-    given = {"energy", "free_energy", "forces", "stress", *getattr(model, "extras", ())}
+    given = MAIN_RESULTS | set(getattr(model, "extras", ()))
     return sorted(k for k in (dyn._results_template or {}) if k in all_properties and k not in given)
 
 
@@ -673,8 +674,8 @@ class _JaxDynamics(IOContext):
         except Exception:  # noqa: BLE001 - a broken start: the callback model's own call reports it
             return {}
         self._results_template = _results_template(a.calc)
-        main = {"energy", "free_energy", "forces", "stress"}
-        return {k: shape for k, (_, shape) in self._results_template.items() if k in all_properties and k not in main}
+        return {k: shape for k, (_, shape) in self._results_template.items()
+                if k in all_properties and k not in MAIN_RESULTS}
 
     def _exchanging(self, integrator):
         """With ``swap_interval``: temperature replica exchange between the replicas (see

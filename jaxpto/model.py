@@ -31,6 +31,10 @@ import jax.numpy as jnp
 from flax import struct
 
 
+#: The results every model gives (ASE's names); ``Model.extras`` are the others.
+MAIN_RESULTS = frozenset({"energy", "free_energy", "forces", "stress"})
+
+
 @struct.dataclass
 class ModelOutput:
     """Energies [R] (eV), forces [R,N,3] (eV/A), stresses [R,3,3] (eV/A^3, ASE sign), and the
@@ -94,7 +98,7 @@ class Model:
         if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
             raise ValueError(f"model {self.name!r}: extras must be distinct property names (strings), got "
                              f"{self.extras!r}")
-        reserved = sorted(set(names) & {"energy", "free_energy", "forces", "stress"})
+        reserved = sorted(set(names) & MAIN_RESULTS)
         if reserved:
             raise ValueError(f"model {self.name!r}: {reserved} are the model's main outputs, not extras")
         object.__setattr__(self, "extras", names)

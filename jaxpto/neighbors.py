@@ -457,21 +457,20 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
     if bin_capacity is not None and grid is not None:
         bc = int(bin_capacity)
     R, n = positions.shape[0], positions.shape[1]
-    host_count = None if capacity is not None else _host_max_count(pos_np, cell_np, pbc, rmax)
     if capacity is not None:
         cap = int(capacity)
-    elif host_count is not None:
-        # Counted on the host: the first compiled build already has its final shape.
-        cap = max(16 * int(math.ceil(host_count * capacity_factor / 16)), 16, 16 * int(math.ceil(min_capacity / 16)))
     else:
-        # Estimate from the mean density (one compile when it is right): N/V * 4/3 pi rmax^3.
-        vols = np.abs(np.linalg.det(cell_np)) if all(pbc) else np.array([0.0])
-        if np.all(vols > 0):
-            mean = n / vols.min() * 4.0 / 3.0 * math.pi * rmax**3
-            cap = max(16 * int(math.ceil(min(mean, n * np.prod([2 * k + 1 for k in images])) * capacity_factor / 16)), 16)
-        else:
-            cap = 16
-        cap = max(cap, 16 * int(math.ceil(min_capacity / 16)))
+        count = _host_max_count(pos_np, cell_np, pbc, rmax)
+        if count is None:
+            # No host count: estimate from the mean density (one compile when it is right),
+            # N/V * 4/3 pi rmax^3.
+            vols = np.abs(np.linalg.det(cell_np)) if all(pbc) else np.array([0.0])
+            count = 0
+            if np.all(vols > 0):
+                mean = n / vols.min() * 4.0 / 3.0 * math.pi * rmax**3
+                count = min(mean, n * np.prod([2 * k + 1 for k in images]))
+        # With the host count the first compiled build already has its final shape.
+        cap = max(_rounded_capacity(count, capacity_factor), _rounded_capacity(min_capacity, 1.0))
     for _ in range(40):
         nbrs = NeighborList(
             idx=jnp.zeros((R, n, cap), jnp.int32),
@@ -498,7 +497,7 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
             continue
         count = int(jnp.max(nbrs.max_count))
         # Round up to a multiple of 16 so that small fluctuations do not change shapes (recompiles).
-        wanted = max(16 * int(math.ceil(count * capacity_factor / 16)), 16)
+        wanted = _rounded_capacity(count, capacity_factor)
         if count <= cap and (capacity is not None or wanted <= cap <= max(1.6 * wanted, min_capacity + 16)):
             return nbrs
         cap = wanted
@@ -506,6 +505,12 @@ def allocate(positions, cell, cutoff: float, *, skin: float = 1.0, pbc=(True, Tr
 
 
 _jit_build = jax.jit(build)
+
+
+def _rounded_capacity(count, factor: float) -> int:
+    """``count * factor`` rounded up to a multiple of 16, at least 16 (small fluctuations of the
+    count then keep the shape: no recompiles)."""
+    return max(16 * int(math.ceil(count * factor / 16)), 16)
 
 #: Above this many atoms (all replicas together) the host count of :func:`_host_max_count` is
 #: skipped for the density estimate (ASE's neighbour list holds every pair in memory).
