@@ -346,7 +346,7 @@ def _add_distill(sub) -> None:
     d.add_argument("--learning-rate", type=POSITIVE_FLOAT,
                    help="initial Adam learning rate (default 3e-3; with --init a tenth of it unless given)")
     d.add_argument("--architecture", type=_architecture,
-                   help="student settings, e.g. rc_radial=6,rc_angular=4.5,basis_radial=8,n_angular=6,l_max=4,hidden=32")
+                   help="student settings, e.g. rc_radial=6,rc_angular=4.5,basis_radial=8,n_angular=6,l_max=4,hidden=64")
     d.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed (data, split, initial weights, batches)")
     d.add_argument("--no-report", action="store_true", help="skip the validation report")
     d.add_argument("--report-only", action="store_true", help="only (re)write the validation report of OUT/student.npz")

@@ -49,7 +49,8 @@ class TrainSettings:
     final_learning_rate: float = 3e-5
     warmup_steps: int = 50
     weight_energy: float = 1.0
-    weight_forces: float = 1.0
+    # forces 3x: at equal epochs the held-out force error fell 159 -> 135 meV/A (CHGNet PbTiO3)
+    weight_forces: float = 3.0
     weight_stress: float = 1.0
     grad_clip: float = 10.0
     seed: int = 0
